@@ -1,0 +1,266 @@
+"""Shared pieces of the benchmark scripts: model building, timing, reporting.
+
+A "model spec" on the command line is a registry name (`nfnet_f0`,
+`nf_resnet50`, ...), optionally with a suffix that swaps the convolution:
+`nf_resnet50@plain` uses an unstandardized conv with bias (a plain convnet with
+the same convolutions), `nfnet_f0@native` forces XLA's native grouped
+convolution, `@split` / `@im2col` force the other formulations. `bn_resnet50`
+is the BatchNorm ResNet-50 baseline: the project's `resnet50_bn` when it is
+registered, else Haiku's `hk.nets.ResNet50`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nfnets import layers
+from nfnets import models
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                           'results')
+
+
+def set_host_device_count(argv: Sequence[str]) -> None:
+  """Makes `--devices N` visible as N CPU devices; call before jax starts."""
+  for i, arg in enumerate(argv):
+    value = None
+    if arg.startswith('--devices='):
+      value = arg.split('=', 1)[1]
+    elif arg == '--devices' and i + 1 < len(argv):
+      value = argv[i + 1]
+    if value is not None and int(value) > 1:
+      flags = os.environ.get('XLA_FLAGS', '')
+      os.environ['XLA_FLAGS'] = (
+          f'{flags} --xla_force_host_platform_device_count={int(value)}')
+
+
+def conv_with_impl(impl: str) -> type:
+  """A WSConv2D whose grouped convolutions always use formulation `impl`."""
+
+  class _WSConv2D(layers.WSConv2D):
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+      kernel = self.standardized_kernel(inputs.shape[-1], inputs.dtype)
+      out = layers.grouped_conv2d(
+          inputs, kernel, stride=self.stride, padding=self.padding,
+          rate=self.kernel_dilation,
+          feature_group_count=self.feature_group_count, impl=impl)
+      bias = hk.get_parameter('bias', (self.output_channels,), inputs.dtype,
+                              init=jnp.zeros)
+      return out + bias
+
+  _WSConv2D.__name__ = 'WSConv2D'
+  return _WSConv2D
+
+
+class PlainConv2D(layers.WSConv2D):
+  """A plain convolution with bias: the WSConv2D layout minus standardization.
+
+  Uses the same grouped-convolution formulation as WSConv2D, so a model built
+  with it differs from the NF model only by the weight standardization.
+  """
+
+  def standardized_kernel(self, in_channels: int,
+                          dtype: jnp.dtype = jnp.float32) -> jax.Array:
+    w_shape = tuple(self.kernel_shape) + (
+        in_channels // self.feature_group_count, self.output_channels)
+    return hk.get_parameter(
+        'w', w_shape, dtype,
+        init=hk.initializers.VarianceScaling(1.0, 'fan_in', 'normal'))
+
+
+_CONV_SUFFIXES = {
+    'plain': PlainConv2D,
+    'prestandardized': layers.PrestandardizedConv2D,
+}
+
+
+@dataclasses.dataclass
+class Model:
+  """A model ready to benchmark.
+
+  Attributes:
+    label: the spec string it was built from.
+    fwd: `hk.transform_with_state` of forward(images, is_training).
+    has_state: whether the model keeps BatchNorm statistics.
+  """
+  label: str
+  fwd: hk.TransformedWithState
+  has_state: bool
+
+
+def build_model(spec: str, num_classes: int = 1000,
+                width: Optional[float] = None, remat: bool = False) -> Model:
+  """Builds a `Model` from a spec string (see the module docstring)."""
+  name, _, suffix = spec.partition('@')
+  if name == 'bn_resnet50':
+    if 'resnet50_bn' in models.list_models():
+      fwd = models.transform('resnet50_bn', num_classes)
+    else:
+      def forward(images, is_training=True):
+        return hk.nets.ResNet50(num_classes)(images, is_training=is_training)
+      fwd = hk.transform_with_state(forward)
+    return Model(spec, fwd, has_state=True)
+  overrides: dict[str, Any] = {}
+  if width is not None:
+    overrides['width'] = width
+  if remat:
+    overrides['remat'] = True
+  if suffix in _CONV_SUFFIXES:
+    overrides['conv'] = _CONV_SUFFIXES[suffix]
+  elif suffix:
+    overrides['conv'] = conv_with_impl(suffix)
+  fwd = models.transform(name, num_classes, **overrides)
+  return Model(spec, fwd, has_state=False)
+
+
+def cast_floats(tree: Any, dtype: jnp.dtype) -> Any:
+  """Casts the floating-point leaves of `tree` to `dtype`."""
+  return jax.tree_util.tree_map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating)
+      else x, tree)
+
+
+def time_calls(fn: Callable[[], Any], steps: int, warmup: int) -> list[float]:
+  """Seconds per call of `fn` (which must block) after `warmup` calls."""
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return times
+
+
+def compiled_stats(compiled: Any) -> dict[str, Any]:
+  """FLOPs from XLA's cost analysis and buffer sizes from its memory analysis."""
+  out: dict[str, Any] = {}
+  try:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+      cost = cost[0] if cost else {}
+    out['xla_flops'] = float(cost.get('flops', float('nan')))
+  except Exception:  # Not every backend implements cost analysis.
+    out['xla_flops'] = None
+  try:
+    mem = compiled.memory_analysis()
+    out['xla_temp_bytes'] = int(mem.temp_size_in_bytes)
+    out['xla_argument_bytes'] = int(mem.argument_size_in_bytes)
+    out['xla_output_bytes'] = int(mem.output_size_in_bytes)
+  except Exception:
+    out['xla_temp_bytes'] = None
+  return out
+
+
+def peak_memory_bytes() -> tuple[Optional[int], str]:
+  """Peak memory so far: device allocator stats, else the process's peak RSS.
+
+  Peak RSS never goes down within a process, so when several configurations
+  run in one process only the first is isolated; `xla_temp_bytes` (XLA's own
+  buffer assignment for the compiled step) is comparable across them.
+  """
+  device = jax.devices()[0]
+  stats = None
+  try:
+    stats = device.memory_stats()
+  except Exception:
+    stats = None
+  if stats and 'peak_bytes_in_use' in stats:
+    return int(stats['peak_bytes_in_use']), 'device_peak'
+  kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  scale = 1 if sys.platform == 'darwin' else 1024
+  return int(kb * scale), 'process_peak_rss'
+
+
+def machine_description() -> dict[str, Any]:
+  """Backend, device kind and count, CPU count and library versions."""
+  device = jax.devices()[0]
+  return {
+      'backend': jax.default_backend(),
+      'device_kind': device.device_kind,
+      'device_count': jax.device_count(),
+      'cpu_count': os.cpu_count(),
+      'processor': platform.processor() or platform.machine(),
+      'jax': jax.__version__,
+      'haiku': hk.__version__,
+  }
+
+
+def summarize(times: Sequence[float], batch_size: int) -> dict[str, float]:
+  """Median, min and spread of per-step seconds and images per second."""
+  median = statistics.median(times)
+  return {
+      'step_s_median': median,
+      'step_s_min': min(times),
+      'step_s_max': max(times),
+      'images_per_s': batch_size / median,
+  }
+
+
+def append_result(path: str, record: dict[str, Any]) -> None:
+  """Appends one JSON line to `path`, creating its directory."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'a') as f:
+    f.write(json.dumps(record, sort_keys=True) + '\n')
+
+
+def _fmt(value: Any, unit: str = '') -> str:
+  if value is None:
+    return '-'
+  if isinstance(value, float):
+    if unit == 'G':
+      return f'{value / 1e9:.1f}'
+    if unit == 'M':
+      return f'{value / 2**20:.0f}'
+    if unit == 'ms':
+      return f'{value * 1e3:.1f}'
+    return f'{value:.2f}'
+  if isinstance(value, int) and unit == 'M':
+    return f'{value / 2**20:.0f}'
+  return str(value)
+
+
+TABLE_COLUMNS = (
+    ('model', 'model', ''), ('batch', 'batch', ''), ('px', 'image_size', ''),
+    ('dtype', 'dtype', ''), ('dev', 'devices', ''),
+    ('compile s', 'compile_s', ''), ('step ms', 'step_s_median', 'ms'),
+    ('img/s', 'images_per_s', ''), ('GFLOP/step', 'xla_flops', 'G'),
+    ('GFLOP/s', 'achieved_flops_per_s', 'G'), ('temp MiB', 'xla_temp_bytes', 'M'),
+    ('peak MiB', 'peak_memory_bytes', 'M'),
+)
+
+
+def print_table(records: Sequence[dict[str, Any]]) -> None:
+  """Prints records as an aligned text table."""
+  header = [c[0] for c in TABLE_COLUMNS]
+  rows = [[_fmt(r.get(key), unit) for _, key, unit in TABLE_COLUMNS]
+          for r in records]
+  widths = [max(len(h), *(len(row[i]) for row in rows))
+            for i, h in enumerate(header)]
+  print('  '.join(h.rjust(w) for h, w in zip(header, widths)))
+  for row in rows:
+    print('  '.join(v.rjust(w) for v, w in zip(row, widths)))
+  sys.stdout.flush()
+
+
+def synthetic_batch(batch_size: int, image_size: int, num_classes: int,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Random NHWC float32 images and int32 labels (speed does not depend on data)."""
+  rng = np.random.default_rng(seed)
+  images = rng.standard_normal((batch_size, image_size, image_size, 3),
+                               dtype=np.float32)
+  labels = rng.integers(0, num_classes, (batch_size,), dtype=np.int32)
+  return images, labels

@@ -1,0 +1,255 @@
+r"""Does AGC keep an unnormalized ResNet stable at high learning rates?
+
+Trains a small NF-ResNet-50 (no normalization layers) on the embedded digits
+data set with the NFNet optimizer (SGD, Nesterov momentum 0.9, weight decay
+2e-5, warmup + cosine) at large batch size and high learning rates, once
+with AGC (`--clipping`, classifier exempt) and once without (the same chain
+with clipping 0). Both arms of a learning rate start from the same
+initialization and see the same batches. [NFNet] sec. 4 reports that AGC is
+what lets NF-ResNets train stably at large batch sizes and learning rates.
+
+Per run it records the training loss of every step, whether the run diverged
+(a non-finite loss, or a loss above `--blowup` times the initial one) and the
+test accuracy at the end. It prints a table and writes
+`benchmarks/results/agc_stability.json` and `agc_stability.png`.
+
+  python -m benchmarks.agc_stability                 # 3-5 min on 2 CPU cores
+  python -m benchmarks.agc_stability --steps 100 --batch-size 1024 \
+      --lrs 0.1,0.4,1.6 --clipping 0.01
+
+Learning rates are peak values; the paper's rule 0.1 * batch / 256 gives 0.4
+at batch 1024. A diverged run stops at its first non-finite loss.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+if __package__ in (None, ''):
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# pylint: disable=g-import-not-at-top
+from nfnets import data
+from nfnets import models
+from nfnets import optim
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                           'results')
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--model', default='nf_resnet50')
+  parser.add_argument('--width', type=float, default=0.125,
+                      help='channel multiplier of the model')
+  parser.add_argument('--image-size', type=int, default=16)
+  parser.add_argument('--batch-size', type=int, default=1024)
+  parser.add_argument('--steps', type=int, default=100)
+  parser.add_argument('--warmup-steps', type=int, default=10)
+  parser.add_argument('--lrs', default='0.1,0.4,1.6,6.4',
+                      help='comma-separated peak learning rates')
+  parser.add_argument('--clipping', type=float, default=0.01,
+                      help='AGC threshold lambda of the AGC arm')
+  parser.add_argument('--blowup', type=float, default=10.0,
+                      help='a loss above this times the initial one counts '
+                           'as divergence')
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--out', default=os.path.join(RESULTS_DIR,
+                                                    'agc_stability'),
+                      help='output path without extension (.json, .png)')
+  return parser.parse_args(argv)
+
+
+def make_train_step(forward: hk.TransformedWithState,
+                    optimizer: optax.GradientTransformation):
+  """A jitted (params, state, opt_state, batch, rng, lr) -> (..., loss) step.
+
+  `optimizer` must peak at learning rate 1: its last stage scales by the
+  schedule, so multiplying its updates by `lr` is the same optimizer peaking
+  at `lr`, and one compilation serves every learning rate.
+  """
+
+  def loss_fn(params, state, batch, rng):
+    logits, state = forward.apply(params, state, rng, batch['images'],
+                                  is_training=True)
+    loss = optax.softmax_cross_entropy_with_integer_labels(
+        logits, batch['labels']).mean()
+    return loss, state
+
+  @jax.jit
+  def step(params, state, opt_state, batch, rng, lr):
+    (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, state, batch, rng)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    updates = jax.tree.map(lambda u: lr * u, updates)
+    return optax.apply_updates(params, updates), state, opt_state, loss
+
+  return step
+
+
+def accuracy(forward: hk.TransformedWithState, params: Any, state: Any,
+             data_config: Any) -> float:
+  """Top-1 accuracy on the digits test split."""
+  correct = total = 0
+  predict = jax.jit(lambda p, s, x: forward.apply(
+      p, s, None, x, is_training=False)[0].argmax(-1))
+  for batch in data.build_eval(data_config, batch_size=512):
+    pred = np.asarray(predict(params, state, batch['images']))
+    mask = batch['mask']
+    correct += int(np.sum((pred == batch['labels']) & mask))
+    total += int(np.sum(mask))
+  return correct / total
+
+
+def unit_peak_optimizer(args: argparse.Namespace, clipping: float
+                        ) -> optax.GradientTransformation:
+  """The NFNet optimizer (AGC off when clipping is 0), peaking at lr 1."""
+  config = optim.default_config()
+  config.clipping = clipping
+  # Peak lr = base_lr * batch / lr_batch_reference = 1.
+  config.base_lr = 1.0
+  config.lr_batch_reference = args.batch_size
+  return optim.nfnet_optimizer(config, batch_size=args.batch_size,
+                               total_steps=args.steps,
+                               warmup_steps=args.warmup_steps)
+
+
+def run(args: argparse.Namespace, lr: float, clipping: float,
+        optimizer: optax.GradientTransformation, step: Any,
+        init: tuple[Any, Any], forward: hk.TransformedWithState,
+        data_config: Any) -> dict[str, Any]:
+  """Trains one arm; returns its losses, divergence and test accuracy."""
+  params, state = init
+  opt_state = optimizer.init(params)
+  batches = data.build_train(data_config, batch_size=args.batch_size,
+                             seed=args.seed)
+  rng = jax.random.PRNGKey(args.seed + 1)
+  losses = []
+  diverged_at = None
+  start = time.time()
+  for i in range(args.steps):
+    batch = next(batches)
+    batch = {'images': batch['images'], 'labels': batch['labels']}
+    params, state, opt_state, loss = step(params, state, opt_state, batch,
+                                          jax.random.fold_in(rng, i),
+                                          jnp.float32(lr))
+    loss = float(loss)
+    losses.append(loss)
+    blew_up = not math.isfinite(loss) or loss > args.blowup * losses[0]
+    if blew_up and diverged_at is None:
+      diverged_at = i
+    if not math.isfinite(loss):
+      break
+  seconds = time.time() - start
+  finite = all(math.isfinite(l) for l in losses)
+  tail = losses[-max(1, len(losses) // 10):]
+  return {
+      'lr': lr,
+      'agc': clipping > 0,
+      'clipping': clipping,
+      'losses': [l if math.isfinite(l) else None for l in losses],
+      'diverged': diverged_at is not None,
+      'diverged_at_step': diverged_at,
+      'initial_loss': losses[0],
+      'final_loss': float(np.mean(tail)) if finite else None,
+      'min_loss': float(np.nanmin(np.asarray(losses, np.float64))),
+      'test_accuracy': accuracy(forward, params, state, data_config)
+                       if finite else None,
+      'seconds': seconds,
+  }
+
+
+def plot(results: Sequence[dict[str, Any]], args: argparse.Namespace,
+         path: str) -> None:
+  """Loss curves, one panel per learning rate, AGC vs none."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  lrs = sorted({r['lr'] for r in results})
+  fig, axes = plt.subplots(1, len(lrs), figsize=(4.2 * len(lrs), 3.6),
+                           squeeze=False, sharey=True)
+  for ax, lr in zip(axes[0], lrs):
+    for r in results:
+      if r['lr'] != lr:
+        continue
+      y = np.array([np.nan if l is None else l for l in r['losses']])
+      label = (f"AGC λ={r['clipping']:g}" if r['agc'] else 'no clipping')
+      if r['diverged']:
+        label += f" (diverged, step {r['diverged_at_step']})"
+      color = 'tab:blue' if r['agc'] else 'tab:red'
+      ax.plot(np.arange(len(y)), y, label=label, color=color)
+      if r['diverged']:
+        ax.axvline(r['diverged_at_step'], color=color, ls=':', lw=1)
+    ax.set_title(f'peak lr {lr:g}')
+    ax.set_xlabel('step')
+    ax.set_yscale('log')
+    ax.legend(fontsize=8)
+  axes[0][0].set_ylabel('training loss')
+  fig.suptitle(f'{args.model} width {args.width:g}, digits '
+               f'{args.image_size}px, batch {args.batch_size}', fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv: Sequence[str]) -> None:
+  args = parse_args(argv)
+  lrs = [float(x) for x in args.lrs.split(',') if x]
+  data_config = data.default_config('digits')
+  data_config.image_size = args.image_size
+  data_config.eval_image_size = args.image_size
+  forward = hk.transform_with_state(models.create(
+      args.model, num_classes=data.num_classes(data_config), width=args.width,
+      stochdepth_rate=0.0, drop_rate=0.0))
+  sample = next(data.build_train(data_config, batch_size=2, seed=args.seed))
+  init = jax.jit(lambda rng, x: forward.init(rng, x, is_training=True))(
+      jax.random.PRNGKey(args.seed), sample['images'])
+  num_params = sum(x.size for x in jax.tree.leaves(init[0]))
+  print(f'{args.model} width {args.width}: {num_params:,} parameters; '
+        f'batch {args.batch_size}, {args.steps} steps, '
+        f'{args.warmup_steps} warmup, {args.image_size}px')
+  arms = {}
+  for clipping in (args.clipping, 0.0):
+    optimizer = unit_peak_optimizer(args, clipping)
+    arms[clipping] = (optimizer, make_train_step(forward, optimizer))
+  results = []
+  for lr in lrs:
+    for clipping, (optimizer, step) in arms.items():
+      r = run(args, lr, clipping, optimizer, step, init, forward,
+              data_config)
+      results.append(r)
+      print(f"lr {lr:<6g} {'AGC' if r['agc'] else 'none':<4} "
+            f"diverged={str(r['diverged']):<5} "
+            f"at={str(r['diverged_at_step']):<5} "
+            f"loss {r['initial_loss']:.3f} -> {r['final_loss']} "
+            f"test acc {r['test_accuracy']} ({r['seconds']:.0f} s)",
+            flush=True)
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  record = {
+      'date': datetime.datetime.now(datetime.timezone.utc).isoformat(),
+      'args': vars(args),
+      'num_params': num_params,
+      'jax': jax.__version__,
+      'devices': [str(d) for d in jax.devices()],
+      'results': results,
+  }
+  with open(args.out + '.json', 'w') as f:
+    json.dump(record, f, indent=1)
+  plot(results, args, args.out + '.png')
+  print(f'wrote {args.out}.json and {args.out}.png')
+
+
+if __name__ == '__main__':
+  main(sys.argv[1:])

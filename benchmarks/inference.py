@@ -1,0 +1,180 @@
+r"""Eval forward-pass speed and memory of a model on the machine at hand.
+
+The same figures as `train_step.py` (compile time, median seconds per batch,
+images per second, XLA FLOPs and achieved FLOP/s, XLA temp buffers, peak
+memory), for `forward(images, is_training=False)`. One JSON line per
+configuration is appended to `benchmarks/results/inference.jsonl`.
+
+  python -m benchmarks.inference --model nf_resnet50,nf_resnet50@prestandardized \
+      --compare nf_resnet50@plain --batch 8 --image-size 160
+
+A spec with `@prestandardized` runs on parameters exported once by
+`layers.standardize_conv_params` (Scaled WS folded into the kernels), which is
+how evaluation should run; `@plain` is the same network with unstandardized
+convolutions, the floor that pre-standardized inference should reach.
+`--compare` times configurations interleaved batch by batch and prints ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+
+if __package__ in (None, ''):
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from benchmarks import _common  # pylint: disable=g-import-not-at-top
+else:
+  from benchmarks import _common  # pylint: disable=g-import-not-at-top
+
+if __name__ == '__main__':
+  _common.set_host_device_count(sys.argv)
+
+# pylint: disable=g-import-not-at-top,g-bad-import-order
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from nfnets import layers
+
+
+class _Runner:
+  """One eval configuration: initialised, compiled, and callable."""
+
+  def __init__(self, spec: str, args: argparse.Namespace):
+    self.spec, self.args = spec, args
+    base_spec = spec.partition('@')[0]
+    prestandardized = spec.endswith('@prestandardized')
+    devices = jax.devices()[:args.devices]
+    mesh = Mesh(np.array(devices), ('data',))
+    replicated = NamedSharding(mesh, P())
+    batch_sharding = NamedSharding(mesh, P('data'))
+    images, _ = _common.synthetic_batch(args.batch, args.image_size,
+                                        args.num_classes)
+    self.images = jax.device_put(images, batch_sharding)
+    # Parameters are initialised for the standard (WS) model; the
+    # pre-standardized run exports them, as evaluation would after loading.
+    init_model = _common.build_model(
+        base_spec if prestandardized else spec, args.num_classes, args.width)
+    params, self.state = jax.jit(
+        lambda x: init_model.fwd.init(jax.random.PRNGKey(0), x,
+                                      is_training=False),
+        out_shardings=replicated)(self.images[:1])
+    if prestandardized:
+      params = jax.jit(layers.standardize_conv_params,
+                       out_shardings=replicated)(params)
+    self.model = _common.build_model(spec, args.num_classes, args.width)
+    dtype = jnp.dtype(args.dtype)
+    self.params = _common.cast_floats(params, dtype)
+
+    def forward(params, state, images):
+      logits, _ = self.model.fwd.apply(params, state, None,
+                                       images.astype(dtype), is_training=False)
+      return logits.astype(jnp.float32)
+
+    self.fn = jax.jit(forward, in_shardings=(replicated, replicated,
+                                             batch_sharding),
+                      out_shardings=batch_sharding)
+    start = time.perf_counter()
+    self.compiled = self.fn.lower(self.params, self.state,
+                                  self.images).compile()
+    self.compile_s = time.perf_counter() - start
+    self.logits = None
+
+  def __call__(self) -> None:
+    self.logits = jax.block_until_ready(
+        self.compiled(self.params, self.state, self.images))
+
+  def record(self, times: list[float]) -> dict[str, Any]:
+    a = self.args
+    rec: dict[str, Any] = {
+        'benchmark': 'inference', 'model': self.spec, 'batch': a.batch,
+        'image_size': a.image_size, 'dtype': a.dtype, 'devices': a.devices,
+        'width': a.width, 'steps': a.steps, 'warmup': a.warmup,
+        'compile_s': self.compile_s,
+    }
+    rec.update(_common.summarize(times, a.batch))
+    rec.update(_common.compiled_stats(self.compiled))
+    if rec.get('xla_flops'):
+      rec['achieved_flops_per_s'] = rec['xla_flops'] / rec['step_s_median']
+    rec['peak_memory_bytes'], rec['peak_memory_kind'] = (
+        _common.peak_memory_bytes())
+    return rec
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+  """Runs every configuration in `args`; returns (and saves) the records."""
+  specs = [s for s in args.model.split(',') if s]
+  if args.compare:
+    specs.append(args.compare)
+  runners = []
+  for spec in specs:
+    print(f'compiling {spec} ...', flush=True)
+    runners.append(_Runner(spec, args))
+  for r in runners:
+    _common.time_calls(r, steps=0, warmup=args.warmup)
+  times: list[list[float]] = [[] for _ in runners]
+  for _ in range(args.steps):
+    for i, r in enumerate(runners):
+      start = time.perf_counter()
+      r()
+      times[i].append(time.perf_counter() - start)
+  machine = _common.machine_description()
+  stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(
+      timespec='seconds')
+  records = []
+  for r, t in zip(runners, times):
+    rec = r.record(t)
+    rec.update(machine=machine, timestamp=stamp)
+    records.append(rec)
+  if args.compare:
+    base = records[-1]
+    for rec in records[:-1]:
+      rec['compare_to'] = base['model']
+      rec['step_time_ratio'] = rec['step_s_median'] / base['step_s_median']
+  if not args.no_save:
+    for rec in records:
+      _common.append_result(args.results, rec)
+  _common.print_table(records)
+  for rec in records:
+    if 'step_time_ratio' in rec:
+      print(f'{rec["model"]} / {rec["compare_to"]} batch time: '
+            f'{rec["step_time_ratio"]:.3f}')
+  print(f'backend {machine["backend"]} ({machine["device_kind"]}), '
+        f'{machine["cpu_count"]} CPUs, jax {machine["jax"]}')
+  return records
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--model', default='nfnet_f0',
+                 help='comma-separated model specs')
+  p.add_argument('--compare', default='',
+                 help='a model spec timed interleaved with each --model')
+  p.add_argument('--batch', type=int, default=8)
+  p.add_argument('--image-size', type=int, default=None,
+                 help="default: the model's test_imsize (224 for bn_resnet50)")
+  p.add_argument('--dtype', default='float32',
+                 choices=('float32', 'bfloat16'))
+  p.add_argument('--devices', type=int, default=1)
+  p.add_argument('--width', type=float, default=None)
+  p.add_argument('--num-classes', type=int, default=1000)
+  p.add_argument('--steps', type=int, default=10)
+  p.add_argument('--warmup', type=int, default=2)
+  p.add_argument('--results',
+                 default=os.path.join(_common.RESULTS_DIR, 'inference.jsonl'))
+  p.add_argument('--no-save', action='store_true')
+  args = p.parse_args(argv)
+  if args.image_size is None:
+    name = args.model.split(',')[0].partition('@')[0]
+    args.image_size = (224 if name == 'bn_resnet50' else
+                       _common.models.get_spec(name)['test_imsize'])
+  return args
+
+
+if __name__ == '__main__':
+  run(parse_args())

@@ -1,0 +1,266 @@
+r"""Train-step speed and memory of a model on the machine at hand.
+
+Measures, per configuration: compile time, steady-state seconds per step
+(median after warm-up, each step blocked on), images per second, the FLOPs
+XLA's cost analysis reports for the compiled step and the FLOP/s achieved,
+XLA's temporary-buffer size for the step and the peak memory (device allocator
+stats, or process peak RSS on CPU). Each run appends one JSON line to
+`benchmarks/results/train_step.jsonl` and prints a table.
+
+  python -m benchmarks.train_step --model nfnet_f0 --batch 4 --image-size 128
+  python -m benchmarks.train_step --model nf_resnet50 --compare bn_resnet50 \
+      --batch 8 --image-size 128
+  python -m benchmarks.train_step --model nfnet_f0,nfnet_f0@native --batch 4
+
+`--compare B` times B interleaved step by step with each `--model` in the same
+process and prints the ratio of their median step times. Model specs are
+registry names with an optional `@plain` / `@native` / `@split` / `@im2col`
+suffix; `bn_resnet50` is the BatchNorm baseline (see `_common`).
+
+The step is the standard one: softmax cross-entropy, gradients, an optax
+optimizer (SGD with Nesterov momentum, optionally with AGC), parameters,
+model state and optimizer state donated, no host round trip inside the step.
+`--dtype bfloat16` computes in bfloat16 with float32 master weights.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import subprocess
+import sys
+
+if __package__ in (None, ''):
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from benchmarks import _common  # pylint: disable=g-import-not-at-top
+else:
+  from benchmarks import _common  # pylint: disable=g-import-not-at-top
+
+if __name__ == '__main__':
+  _common.set_host_device_count(sys.argv)
+
+# pylint: disable=g-import-not-at-top,g-bad-import-order
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+
+def make_optimizer(name: str, learning_rate: float = 0.1,
+                   clipping: float = 0.01) -> optax.GradientTransformation:
+  """'sgd' (Nesterov momentum 0.9) or 'agc_sgd' (AGC, then the same SGD)."""
+  sgd = optax.sgd(learning_rate, momentum=0.9, nesterov=True)
+  if name == 'sgd':
+    return sgd
+  if name == 'agc_sgd':
+    return optax.chain(optax.adaptive_grad_clip(clipping), sgd)
+  raise ValueError(f'Unknown optimizer {name!r}; use sgd or agc_sgd.')
+
+
+def make_train_step(model: _common.Model,
+                    optimizer: optax.GradientTransformation,
+                    compute_dtype: jnp.dtype = jnp.float32,
+                    trace_counter: Optional[list[int]] = None) -> Callable:
+  """Returns the pure train step (not yet jitted).
+
+  step(params, state, opt_state, images [N, H, W, 3], labels [N], rng)
+    -> (params, state, opt_state, metrics)
+
+  The loss is computed from `compute_dtype` activations and weights cast from
+  float32 masters, so gradients and updates stay float32. `trace_counter[0]`
+  is incremented each time the step is traced, to check it compiles once.
+  """
+
+  def loss_fn(params, state, images, labels, rng):
+    logits, new_state = model.fwd.apply(
+        _common.cast_floats(params, compute_dtype), state, rng,
+        images.astype(compute_dtype), is_training=True)
+    logits = logits.astype(jnp.float32)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return jnp.mean(loss), new_state
+
+  def step(params, state, opt_state, images, labels, rng):
+    if trace_counter is not None:
+      trace_counter[0] += 1
+    (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, state, images, labels, rng)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    new_state = jax.tree_util.tree_map(lambda n, o: n.astype(o.dtype),
+                                       new_state, state)
+    return params, new_state, opt_state, {'loss': loss}
+
+  return step
+
+
+class _Runner:
+  """One configuration: initialised, compiled, and steppable."""
+
+  def __init__(self, spec: str, args: argparse.Namespace, remat: bool = False):
+    self.spec = spec
+    self.args = args
+    self.remat = remat
+    self.model = _common.build_model(spec, args.num_classes, args.width,
+                                     remat=remat)
+    devices = jax.devices()[:args.devices]
+    if len(devices) < args.devices:
+      raise ValueError(f'Asked for {args.devices} devices, have {len(devices)}.')
+    if args.batch % args.devices:
+      raise ValueError('--batch must divide by --devices.')
+    mesh = Mesh(np.array(devices), ('data',))
+    replicated = NamedSharding(mesh, P())
+    batch_sharding = NamedSharding(mesh, P('data'))
+    images, labels = _common.synthetic_batch(args.batch, args.image_size,
+                                             args.num_classes)
+    self.images = jax.device_put(images, batch_sharding)
+    self.labels = jax.device_put(labels, batch_sharding)
+    self.rng = jax.device_put(jax.random.PRNGKey(1), replicated)
+    params, state = jax.jit(
+        lambda x: self.model.fwd.init(jax.random.PRNGKey(0), x,
+                                      is_training=True),
+        out_shardings=replicated)(self.images[:1])
+    optimizer = make_optimizer(args.optimizer)
+    opt_state = jax.jit(optimizer.init, out_shardings=replicated)(params)
+    self.trace_count = [0]
+    dtype = jnp.dtype(args.dtype)
+    step = make_train_step(self.model, optimizer, dtype, self.trace_count)
+    self.step = jax.jit(
+        step, donate_argnums=(0, 1, 2),
+        in_shardings=(replicated, replicated, replicated, batch_sharding,
+                      batch_sharding, replicated),
+        out_shardings=(replicated, replicated, replicated, replicated))
+    start = time.perf_counter()
+    self.compiled = self.step.lower(params, state, opt_state, self.images,
+                                    self.labels, self.rng).compile()
+    self.compile_s = time.perf_counter() - start
+    self.carry = (params, state, opt_state)
+    self.metrics = None
+
+  def __call__(self) -> None:
+    params, state, opt_state = self.carry
+    params, state, opt_state, self.metrics = self.step(
+        params, state, opt_state, self.images, self.labels, self.rng)
+    self.carry = (params, state, opt_state)
+    jax.block_until_ready(self.carry)
+
+  def record(self, times: list[float]) -> dict[str, Any]:
+    a = self.args
+    rec: dict[str, Any] = {
+        'benchmark': 'train_step', 'model': self.spec, 'batch': a.batch,
+        'image_size': a.image_size, 'dtype': a.dtype, 'devices': a.devices,
+        'width': a.width, 'remat': self.remat, 'optimizer': a.optimizer,
+        'steps': a.steps, 'warmup': a.warmup,
+        'compile_s': self.compile_s, 'trace_count': self.trace_count[0],
+        'final_loss': float(self.metrics['loss']),
+    }
+    rec.update(_common.summarize(times, a.batch))
+    rec.update(_common.compiled_stats(self.compiled))
+    if rec.get('xla_flops'):
+      rec['achieved_flops_per_s'] = rec['xla_flops'] / rec['step_s_median']
+    rec['peak_memory_bytes'], rec['peak_memory_kind'] = (
+        _common.peak_memory_bytes())
+    return rec
+
+
+def _git_commit() -> Optional[str]:
+  try:
+    return subprocess.run(
+        ['git', 'rev-parse', '--short', 'HEAD'], capture_output=True,
+        text=True, check=True,
+        cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+  except Exception:
+    return None
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+  """Runs every configuration in `args`; returns (and saves) the records."""
+  specs = [s for s in args.model.split(',') if s]
+  configs = [(s, False) for s in specs]
+  if args.remat_compare:
+    configs += [(s, True) for s in specs]
+  elif args.remat:
+    configs = [(s, True) for s in specs]
+  if args.compare:
+    configs.append((args.compare, False))
+  runners = []
+  for spec, remat in configs:
+    print(f'compiling {spec}{" (remat)" if remat else ""} ...', flush=True)
+    runners.append(_Runner(spec, args, remat))
+  for r in runners:
+    _common.time_calls(r, steps=0, warmup=args.warmup)
+  # Interleaved: every step runs each configuration once, so slow drift in
+  # machine load affects all of them alike.
+  times: list[list[float]] = [[] for _ in runners]
+  for _ in range(args.steps):
+    for i, r in enumerate(runners):
+      start = time.perf_counter()
+      r()
+      times[i].append(time.perf_counter() - start)
+  machine = _common.machine_description()
+  stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(
+      timespec='seconds')
+  commit = _git_commit()
+  records = []
+  for r, t in zip(runners, times):
+    rec = r.record(t)
+    rec.update(machine=machine, timestamp=stamp, commit=commit)
+    records.append(rec)
+  if args.compare:
+    base = records[-1]
+    for rec in records[:-1]:
+      rec['compare_to'] = base['model']
+      rec['step_time_ratio'] = rec['step_s_median'] / base['step_s_median']
+  if not args.no_save:
+    for rec in records:
+      _common.append_result(args.results, rec)
+  _common.print_table(records)
+  for rec in records:
+    if 'step_time_ratio' in rec:
+      print(f'{rec["model"]} / {rec["compare_to"]} step time: '
+            f'{rec["step_time_ratio"]:.3f}')
+  print(f'backend {machine["backend"]} ({machine["device_kind"]}), '
+        f'{machine["cpu_count"]} CPUs, jax {machine["jax"]}; '
+        f'compiled once per config: '
+        f'{all(rec["trace_count"] == 1 for rec in records)}')
+  return records
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--model', default='nfnet_f0',
+                 help='comma-separated model specs')
+  p.add_argument('--compare', default='',
+                 help='a model spec timed interleaved with each --model')
+  p.add_argument('--batch', type=int, default=4, help='global batch size')
+  p.add_argument('--image-size', type=int, default=None,
+                 help="default: the model's train_imsize (224 for bn_resnet50)")
+  p.add_argument('--dtype', default='float32',
+                 choices=('float32', 'bfloat16'))
+  p.add_argument('--devices', type=int, default=1)
+  p.add_argument('--width', type=float, default=None,
+                 help='width multiplier override (NF models)')
+  p.add_argument('--num-classes', type=int, default=1000)
+  p.add_argument('--optimizer', default='sgd', choices=('sgd', 'agc_sgd'))
+  p.add_argument('--steps', type=int, default=5)
+  p.add_argument('--warmup', type=int, default=1)
+  p.add_argument('--remat', action='store_true',
+                 help='rematerialize each residual block')
+  p.add_argument('--remat-compare', action='store_true',
+                 help='run each model with and without remat')
+  p.add_argument('--results',
+                 default=os.path.join(_common.RESULTS_DIR, 'train_step.jsonl'))
+  p.add_argument('--no-save', action='store_true')
+  args = p.parse_args(argv)
+  if args.image_size is None:
+    name = args.model.split(',')[0].partition('@')[0]
+    args.image_size = (224 if name == 'bn_resnet50' else
+                       _common.models.get_spec(name)['train_imsize'])
+  return args
+
+
+if __name__ == '__main__':
+  run(parse_args())

@@ -1,0 +1,204 @@
+"""Shared config builders for the files in `experiments/`.
+
+`base_config()` defines every field the runner reads (the schema that
+`nfnets.experiment.validate_config` checks overrides against);
+`imagenet_config(model)` is the paper's ImageNet recipe for a registered
+model, with the per-variant values read from the model registry;
+`digits_config()` is the CPU-sized demo. Each `experiments/*.py` file is a
+few lines over one of these.
+
+Config strings after the file name (`--config=experiments/nfnet_f0.py:ARG`)
+are comma-separated flags; `runlocal` shrinks a config to a smoke test that
+runs on a laptop CPU in about a minute.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import ml_collections
+from ml_collections import config_dict
+
+from nfnets import data
+from nfnets import models
+from nfnets import optim
+
+# [NFNet] sec. 6 / appendix: RandAugment with 4 layers, CutMix (alpha 1.0) and
+# MixUp (alpha 0.2) each applied to half of the batch.
+_RANDAUGMENT_LAYERS = 4
+_MIXUP_ALPHA = 0.2
+_CUTMIX_ALPHA = 1.0
+# [NFNet] appendix: stochastic depth 0.25 for every F variant.
+_NFNET_STOCHDEPTH = 0.25
+
+
+def parse_arg(arg: Optional[str]) -> set[str]:
+  """Splits a config string such as 'runlocal' or 'runlocal,foo' into flags."""
+  flags = {a.strip() for a in (arg or '').split(',') if a.strip()}
+  unknown = flags - {'runlocal'}
+  if unknown:
+    raise ValueError(f'Unknown config argument(s) {sorted(unknown)}; the '
+                     "only one is 'runlocal'.")
+  return flags
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field the runner reads, with the NFNet ImageNet recipe's values.
+
+  The training length is given either in steps or in epochs (exactly one of
+  `training.num_steps` and `training.num_epochs`); `nfnets.experiment.get_steps`
+  turns it into steps. The learning rate (0.1 x batch / 256) and its warmup
+  live in `config.optimizer` (see `nfnets.optim.default_config`).
+  """
+  config = ml_collections.ConfigDict()
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = 'nfnet_f0'
+  # Constructor overrides passed to `nfnets.models.create` (width, drop_rate,
+  # stochdepth_rate, activation, ...); checked against the model's arguments.
+  config.model.kwargs = ml_collections.ConfigDict()
+
+  config.data = data.default_config('imagenet2012')
+  config.optimizer = optim.default_config()
+
+  config.training = ml_collections.ConfigDict()
+  # Global batch over all devices and processes.
+  config.training.batch_size = 4096
+  config.training.num_epochs = config_dict.placeholder(float)
+  config.training.num_steps = config_dict.placeholder(int)
+  config.training.label_smoothing = 0.1
+  # EMA decay, warmed up as min(decay, (1 + t) / (10 + t)) ([NFNet] appendix).
+  config.training.ema_decay = 0.99999
+  # 'float32' or 'bfloat16'; parameters and optimizer state stay float32.
+  config.training.compute_dtype = 'bfloat16'
+  config.training.seed = 0
+  config.training.log_every = 100
+
+  config.eval = ml_collections.ConfigDict()
+  # Global eval batch; evaluation runs every `every_steps` and at the end
+  # (0: only at the end).
+  config.eval.batch_size = 1000
+  config.eval.every_steps = 10_000
+
+  config.checkpoint = ml_collections.ConfigDict()
+  # Saved every `every_steps` (0: only at the end and on SIGTERM).
+  config.checkpoint.every_steps = 1000
+  config.checkpoint.max_to_keep = 3
+  return config
+
+
+def imagenet_config(model: str, arg: Optional[str] = None, *,
+                    num_epochs: float = 360.0,
+                    randaugment_layers: int = _RANDAUGMENT_LAYERS,
+                    mixup_alpha: float = _MIXUP_ALPHA,
+                    cutmix_alpha: float = _CUTMIX_ALPHA,
+                    **model_kwargs) -> ml_collections.ConfigDict:
+  """The [NFNet] ImageNet recipe for a registered model.
+
+  Batch 4096 for 360 epochs, LR 0.1 x B / 256 with a 5-epoch linear warmup
+  then cosine decay to 0, Nesterov momentum 0.9, weight decay 2e-5, AGC at
+  0.01 (not on the classifier), label smoothing 0.1, EMA 0.99999,
+  RandAugment (4 layers, the variant's magnitude), CutMix and MixUp on halves
+  of each batch, bfloat16 compute; train/test resolution, dropout and
+  RandAugment magnitude from the model registry.
+
+  Args:
+    model: a registered model name (`nfnets.models.list_models()`).
+    arg: config string; 'runlocal' gives a CPU-sized smoke test.
+    num_epochs: training length.
+    randaugment_layers: RandAugment ops per image (0: crop and flip only).
+    mixup_alpha: MixUp Beta parameter (0: off).
+    cutmix_alpha: CutMix Beta parameter (0: off).
+    **model_kwargs: constructor overrides beyond the registry's dropout.
+
+  Returns:
+    The config.
+  """
+  flags = parse_arg(arg)
+  spec = models.get_spec(model)
+  config = base_config()
+  config.model.name = model
+  config.model.kwargs = ml_collections.ConfigDict(
+      dict(drop_rate=spec['drop_rate'], **model_kwargs))
+
+  config.data.image_size = spec['train_imsize']
+  config.data.eval_image_size = spec['test_imsize']
+  config.data.randaugment_layers = randaugment_layers
+  config.data.randaugment_magnitude = float(
+      spec.get('randaugment_magnitude', 10))
+  config.data.mixup_alpha = mixup_alpha
+  config.data.cutmix_alpha = cutmix_alpha
+
+  config.training.num_epochs = num_epochs
+  config.optimizer.warmup_epochs = 5.0
+
+  if 'runlocal' in flags:
+    runlocal(config)
+  return config
+
+
+def nfnet_config(model: str, arg: Optional[str] = None
+                 ) -> ml_collections.ConfigDict:
+  """`imagenet_config` for an NFNet F-variant: adds stochastic depth 0.25."""
+  return imagenet_config(model, arg, stochdepth_rate=_NFNET_STOCHDEPTH)
+
+
+def runlocal(config: ml_collections.ConfigDict) -> None:
+  """Shrinks a config in place to a smoke test for one CPU.
+
+  Keeps the recipe's machinery (augmentation, mixing, EMA, AGC, schedule) and
+  the model family, but trains a 1/8-width model on the bundled digits data
+  at 32 px for 20 steps, so it needs neither ImageNet nor an accelerator.
+  """
+  dataset = data.default_config('digits')
+  for field in ('randaugment_layers', 'randaugment_magnitude', 'mixup_alpha',
+                'cutmix_alpha'):
+    dataset[field] = config.data[field]
+  config.data = dataset
+  config.model.kwargs.width = 0.125
+  config.training.batch_size = 16
+  config.training.num_epochs = None
+  config.training.num_steps = 20
+  config.optimizer.warmup_steps = 5
+  config.training.compute_dtype = 'float32'
+  config.training.log_every = 5
+  config.eval.batch_size = 120
+  config.eval.every_steps = 0
+  config.checkpoint.every_steps = 10
+
+
+def digits_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
+  """A small NFNet on scikit-learn's bundled digits (the default config).
+
+  NFNet-F0 at 1/8 width (about 1.1M parameters) on 32 px upsampled digits,
+  with random translations, trained from scratch with the same optimizer
+  (AGC + Nesterov SGD, warmup + cosine), label smoothing and EMA as the
+  ImageNet recipe. At batch 64 the clipping threshold is looser than the
+  paper's 0.01 at batch 4096 ([NFNet] sec. 4.1: smaller batches tolerate
+  larger thresholds). 'runlocal' shortens it to a few steps.
+  """
+  flags = parse_arg(arg)
+  config = base_config()
+  config.model.name = 'nfnet_f0'
+  config.model.kwargs = ml_collections.ConfigDict(dict(
+      width=0.125, drop_rate=0.1, stochdepth_rate=0.0))
+  config.data = data.default_config('digits')
+  config.training.batch_size = 64
+  config.training.num_steps = 450  # 20 epochs of the 1437 training digits.
+  config.training.compute_dtype = 'float32'
+  # The average spans ~1000 steps, so it tracks a short run's late weights.
+  config.training.ema_decay = 0.999
+  config.training.log_every = 50
+  config.eval.batch_size = 120
+  config.eval.every_steps = 150
+  config.checkpoint.every_steps = 150
+  # Peak LR = base_lr * 64 / 256 = 0.1, after 50 warmup steps.
+  config.optimizer.base_lr = 0.4
+  config.optimizer.warmup_steps = 50
+  config.optimizer.clipping = 0.1
+  if 'runlocal' in flags:
+    config.training.num_steps = 10
+    config.optimizer.warmup_steps = 2
+    config.training.log_every = 5
+    config.eval.every_steps = 0
+    config.checkpoint.every_steps = 5
+  return config

@@ -1,0 +1,307 @@
+"""Data set table, the `config.data` group, and the shared eval preprocessing.
+
+Per-data-set facts (class count, split sizes, normalization statistics, eval
+resizing) live in one table, `DATASETS`; code reads them from there and never
+branches on a data set's name except to pick its pipeline module.
+"""
+import dataclasses
+from typing import Optional, Union
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_dict
+import numpy as np
+
+ArrayLike = Union[np.ndarray, jax.Array]
+
+EVAL_CROPS = ('resize', 'resize_crop', 'aspect')
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """Static facts about one data set.
+
+  Attributes:
+    num_classes: number of labels.
+    splits: split name -> number of examples.
+    train_split: split used for training unless the config names another.
+    eval_split: split used for evaluation unless the config names another.
+    mean: per-channel pixel mean on the 0..255 scale, [3].
+    std: per-channel pixel standard deviation on the 0..255 scale, [3].
+    resize_method: `jax.image.resize` / `tf.image.resize` method name.
+    eval_crop: default eval geometry, one of `EVAL_CROPS`.
+    eval_crops: the eval geometries its pipeline implements.
+    image_size: default train resolution (pixels per side).
+    eval_image_size: default eval resolution (pixels per side).
+  """
+  num_classes: int
+  splits: dict[str, int]
+  train_split: str
+  eval_split: str
+  mean: tuple[float, float, float]
+  std: tuple[float, float, float]
+  resize_method: str
+  eval_crop: str
+  eval_crops: tuple[str, ...]
+  image_size: int
+  eval_image_size: int
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    # sklearn's bundled 8x8 digits, split 80/20 stratified with a fixed seed.
+    # Statistics are those of the native 8x8 training pixels (0..16 scaled to
+    # 0..255); the mean does not change under bilinear upsampling, the std
+    # shrinks by ~14% at 32 px, which only rescales the input.
+    'digits': DatasetSpec(
+        num_classes=10,
+        splits={'train': 1437, 'test': 360},
+        train_split='train',
+        eval_split='test',
+        mean=(77.8856,) * 3,
+        std=(95.8691,) * 3,
+        resize_method='bilinear',
+        eval_crop='resize',
+        eval_crops=('resize',),
+        image_size=32,
+        eval_image_size=32,
+    ),
+    # ILSVRC-2012 through tensorflow-datasets; the usual torchvision/TF-slim
+    # normalization constants, as used by the reference NFNet release.
+    'imagenet2012': DatasetSpec(
+        num_classes=1000,
+        splits={'train': 1_281_167, 'validation': 50_000},
+        train_split='train',
+        eval_split='validation',
+        mean=(0.485 * 255, 0.456 * 255, 0.406 * 255),
+        std=(0.229 * 255, 0.224 * 255, 0.225 * 255),
+        resize_method='bicubic',
+        eval_crop='resize_crop',
+        eval_crops=EVAL_CROPS,
+        image_size=192,
+        eval_image_size=256,
+    ),
+}
+
+
+def default_config(dataset: str = 'digits') -> ml_collections.ConfigDict:
+  """The `config.data` group with every field the pipelines read.
+
+  Fields left as typed placeholders (None) take the data set's own default
+  from `DATASETS`, so `--config.data.dataset=imagenet2012` alone switches
+  splits and eval geometry consistently.
+
+  Args:
+    dataset: a key of `DATASETS`; sets the default image sizes.
+
+  Returns:
+    A ConfigDict; see the field comments for meaning and units.
+  """
+  spec = get_spec(dataset)
+  return ml_collections.ConfigDict(dict(
+      dataset=dataset,
+      # tfds data directory (None: tfds' default, ~/tensorflow_datasets).
+      data_dir=config_dict.placeholder(str),
+      train_split=config_dict.placeholder(str),
+      eval_split=config_dict.placeholder(str),
+      # Number of labels; None: the data set's own.
+      num_classes=config_dict.placeholder(int),
+      # Train and eval resolutions in pixels per side.
+      image_size=spec.image_size,
+      eval_image_size=spec.eval_image_size,
+      # Eval geometry: 'resize' (straight to eval_image_size), 'resize_crop'
+      # (resize to eval_image_size + crop_padding, then center crop; how the
+      # released NFNets were evaluated), 'aspect' (central square crop of
+      # eval_image_size / (eval_image_size + crop_padding) of the shorter
+      # side, then resize). None: the data set's default.
+      eval_crop=config_dict.placeholder(str),
+      crop_padding=32,
+      # Digits only: random translation by up to this many pixels (at
+      # image_size resolution) per example; 0 disables it. ImageNet uses the
+      # inception-style random crop and a horizontal flip instead.
+      max_shift=2,
+      # RandAugment: number of ops per image (0 disables) and magnitude on
+      # the AutoAugment scale where 10 is each op's nominal maximum. Digits
+      # runs the same TF ops eagerly per batch (imports TensorFlow).
+      randaugment_layers=0,
+      randaugment_magnitude=10.0,
+      # Beta(alpha, alpha) parameters; 0 disables. With both on, CutMix is
+      # applied to the first half of each batch and MixUp to the second.
+      mixup_alpha=0.0,
+      cutmix_alpha=0.0,
+      # tf.data pipelines: encoded examples held in the shuffle buffer per
+      # process (ImageNet JPEGs average ~110 KB, so 10k is ~1 GB of host
+      # memory), and batches prepared ahead of the training loop.
+      shuffle_buffer=10_000,
+      prefetch=2,
+  ))
+
+
+def get_spec(dataset: str) -> DatasetSpec:
+  """The `DatasetSpec` for a name; unknown names list the known ones."""
+  if dataset not in DATASETS:
+    raise ValueError(
+        f'Unknown data set {dataset!r}; known data sets: '
+        f'{", ".join(sorted(DATASETS))}.')
+  return DATASETS[dataset]
+
+
+def train_split(data_config: ml_collections.ConfigDict) -> str:
+  """The configured train split name (or the data set's default)."""
+  return data_config.train_split or get_spec(data_config.dataset).train_split
+
+
+def eval_split(data_config: ml_collections.ConfigDict) -> str:
+  """The configured eval split name (or the data set's default)."""
+  return data_config.eval_split or get_spec(data_config.dataset).eval_split
+
+
+def eval_crop(data_config: ml_collections.ConfigDict) -> str:
+  """The configured eval geometry (or the data set's default)."""
+  return data_config.eval_crop or get_spec(data_config.dataset).eval_crop
+
+
+def num_classes(data_config: ml_collections.ConfigDict) -> int:
+  """Number of labels the model's classifier needs."""
+  if data_config.num_classes is not None:
+    return data_config.num_classes
+  return get_spec(data_config.dataset).num_classes
+
+
+def _split_base(split: str) -> str:
+  # tfds slicing syntax ('train[:10%]', 'validation[5000:]') names its base
+  # split before the bracket.
+  return split.split('[', 1)[0]
+
+
+def validate(data_config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError on a config the pipelines cannot run.
+
+  Cheap (no data is read), so the runner calls it before any compute.
+  """
+  spec = get_spec(data_config.dataset)
+  for split in (train_split(data_config), eval_split(data_config)):
+    if _split_base(split) not in spec.splits:
+      raise ValueError(
+          f'Unknown split {split!r} for data set {data_config.dataset!r}; '
+          f'known splits: {", ".join(spec.splits)}.')
+  if eval_crop(data_config) not in spec.eval_crops:
+    raise ValueError(
+        f'eval_crop for {data_config.dataset!r} must be one of '
+        f'{spec.eval_crops}, got {data_config.eval_crop!r}.')
+  for field in ('image_size', 'eval_image_size'):
+    if data_config[field] < 1:
+      raise ValueError(f'data.{field} must be positive, got '
+                       f'{data_config[field]}.')
+  for field in ('mixup_alpha', 'cutmix_alpha', 'randaugment_magnitude'):
+    if data_config[field] < 0:
+      raise ValueError(f'data.{field} must be >= 0, got {data_config[field]}.')
+  for field in ('randaugment_layers', 'max_shift', 'crop_padding'):
+    if data_config[field] < 0:
+      raise ValueError(f'data.{field} must be >= 0, got {data_config[field]}.')
+  if data_config.num_classes is not None and data_config.num_classes < 1:
+    raise ValueError(f'data.num_classes must be positive, got '
+                     f'{data_config.num_classes}.')
+
+
+def mean_std(data_config: ml_collections.ConfigDict
+             ) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel normalization constants on the 0..255 scale, each [3]."""
+  spec = get_spec(data_config.dataset)
+  return (np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32))
+
+
+def normalize(images: ArrayLike,
+              data_config: ml_collections.ConfigDict) -> jax.Array:
+  """Standardizes images on the 0..255 scale: (x - mean) / std per channel.
+
+  Args:
+    images: [..., 3] uint8 or float with values in 0..255.
+    data_config: the `config.data` group (picks the statistics).
+
+  Returns:
+    float32 array of the same shape.
+  """
+  mean, std = mean_std(data_config)
+  return (jnp.asarray(images, jnp.float32) - mean) / std
+
+
+def _to_rgb_255(images: ArrayLike) -> jax.Array:
+  """[N, H, W], [N, H, W, 1] or [N, H, W, 3] -> float32 [N, H, W, 3], 0..255."""
+  images = jnp.asarray(images)
+  if images.dtype == jnp.uint8:
+    images = images.astype(jnp.float32)
+  elif jnp.issubdtype(images.dtype, jnp.floating):
+    images = images.astype(jnp.float32) * 255.0
+  else:
+    raise TypeError(f'Images must be uint8 or floating, got {images.dtype}.')
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise ValueError('Images must be [N, H, W], [N, H, W, 1] or [N, H, W, 3]; '
+                     f'got shape {images.shape}.')
+  if images.shape[-1] == 1:
+    images = jnp.repeat(images, 3, axis=-1)
+  return images
+
+
+def center_crop_window(height: int, width: int, size: int,
+                       padding: int) -> tuple[int, int, int]:
+  """Square central crop (top, left, side) for the 'aspect' eval geometry.
+
+  The side is size / (size + padding) of the shorter image side (rounded
+  down, as in the reference release), so the crop keeps the same fraction of
+  the image as 'resize_crop' does on a square. The tf.data path computes the
+  same window.
+  """
+  side = max(1, int(size / (size + padding) * min(height, width)))
+  return (height - side + 1) // 2, (width - side + 1) // 2, side
+
+
+def preprocess_for_eval(images: ArrayLike,
+                        data_config: ml_collections.ConfigDict,
+                        resize_method: Optional[str] = None) -> jax.Array:
+  """The eval pipeline's geometry and normalization for in-memory images.
+
+  Lets `predict` on arbitrary images see exactly what evaluation sees.
+
+  Args:
+    images: uint8 (0..255) or floating (0..1) images, [N, H, W], [N, H, W, 1]
+      or [N, H, W, 3]; grayscale is replicated to RGB.
+    data_config: the `config.data` group (eval_image_size, eval_crop,
+      crop_padding and the data set's statistics).
+    resize_method: overrides the data set's resize method.
+
+  Returns:
+    float32 [N, S, S, 3] normalized images, S = data_config.eval_image_size.
+  """
+  spec = get_spec(data_config.dataset)
+  method = resize_method or spec.resize_method
+  method = {'bicubic': 'cubic'}.get(method, method)
+  size = data_config.eval_image_size
+  pad = data_config.crop_padding
+  images = _to_rgb_255(images)
+  n, h, w, c = images.shape
+  crop = eval_crop(data_config)
+  # antialias=False matches tf.image.resize's default used by the tf.data
+  # eval pipeline.
+  if crop == 'resize':
+    images = jax.image.resize(images, (n, size, size, c), method,
+                              antialias=False)
+  elif crop == 'resize_crop':
+    big = size + pad
+    images = jax.image.resize(images, (n, big, big, c), method,
+                              antialias=False)
+    top = (big - size + 1) // 2
+    images = images[:, top:top + size, top:top + size]
+  elif crop == 'aspect':
+    top, left, side = center_crop_window(h, w, size, pad)
+    images = images[:, top:top + side, left:left + side]
+    images = jax.image.resize(images, (n, size, size, c), method,
+                              antialias=False)
+  else:
+    raise ValueError(f'eval_crop must be one of {EVAL_CROPS}, got {crop!r}.')
+  if method == 'cubic':
+    # Cubic overshoots; the tf.data path clips to the valid pixel range too.
+    images = jnp.clip(images, 0.0, 255.0)
+  return normalize(images, data_config)

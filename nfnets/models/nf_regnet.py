@@ -1,0 +1,178 @@
+"""NF-RegNets B0-B8 ([NF-ResNet] Brock, De, Smith 2021, sec. 5 and appendix).
+
+EfficientNet-like RegNetY models without normalization: one grouped 3x3 conv
+(group width 8) per inverted-bottleneck block with expansion 2.25, Squeeze-Excite
+on the expanded width, SiLU, and a final 1x1 conv widened as in EfficientNets.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Union
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+
+from nfnets import layers
+from nfnets.models import common
+
+
+@dataclasses.dataclass(frozen=True)
+class NFRegNetVariant:
+  """One row of the NF-RegNet table of [NF-ResNet] (widths before `width`)."""
+  width: tuple[int, int, int, int]
+  depth: tuple[int, int, int, int]
+  train_imsize: int
+  test_imsize: int
+  drop_rate: float
+
+
+NF_REGNET_VARIANTS: dict[str, NFRegNetVariant] = {
+    'B0': NFRegNetVariant((48, 104, 208, 440), (1, 3, 6, 6), 192, 224, 0.2),
+    'B1': NFRegNetVariant((48, 104, 208, 440), (2, 4, 7, 7), 224, 256, 0.2),
+    'B2': NFRegNetVariant((56, 112, 232, 488), (2, 4, 8, 8), 240, 272, 0.3),
+    'B3': NFRegNetVariant((56, 128, 248, 528), (2, 5, 9, 9), 288, 320, 0.3),
+    'B4': NFRegNetVariant((64, 144, 288, 616), (2, 6, 11, 11), 320, 384, 0.4),
+    'B5': NFRegNetVariant((80, 168, 336, 704), (3, 7, 14, 14), 384, 456, 0.4),
+    'B6': NFRegNetVariant((88, 184, 376, 792), (3, 8, 16, 16), 448, 528, 0.5),
+    'B7': NFRegNetVariant((96, 208, 416, 880), (4, 10, 19, 19), 512, 600, 0.5),
+    'B8': NFRegNetVariant((104, 232, 456, 968), (4, 11, 22, 22), 600, 672,
+                          0.5),
+}
+# Published parameter counts in millions, for the variants the tests check.
+NF_REGNET_PARAMS_M = {'B0': 8.60, 'B8': 142.3}
+
+# The table's widths are scaled by 0.75 in the released models.
+_BASE_WIDTH_MULT = 0.75
+
+
+class NFBlock(hk.Module):
+  """NF-RegNet inverted bottleneck: 1x1 expand -> grouped 3x3 -> SE -> 1x1.
+
+  The transition shortcut is a 2x2 average pool followed by a 1x1 conv.
+  """
+
+  def __init__(self, in_ch: int, out_ch: int, *, expansion: float = 2.25,
+               se_ratio: float = 0.5, group_size: int = 8, stride: int = 1,
+               beta: float = 1.0, alpha: float = 0.2,
+               activation: layers.Activation = jax.nn.silu,
+               conv: common.ConvFactory = layers.WSConv2D,
+               stochdepth_rate: float = 0.0, name: Optional[str] = None):
+    super().__init__(name=name)
+    self.stride, self.beta, self.alpha = stride, beta, alpha
+    self.activation = activation
+    self.width, groups = common.grouped_width(int(in_ch * expansion),
+                                              group_size)
+    self.conv0 = conv(self.width, kernel_shape=1, name='conv0')
+    self.conv1 = conv(self.width, kernel_shape=3, stride=stride,
+                      feature_group_count=groups, name='conv1')
+    self.conv2 = conv(out_ch, kernel_shape=1, name='conv2')
+    self.use_projection = stride > 1 or in_ch != out_ch
+    if self.use_projection:
+      self.conv_shortcut = conv(out_ch, kernel_shape=1, name='conv_shortcut')
+    self.se = layers.SqueezeExcite(self.width, self.width, se_ratio)
+    self.stoch_depth = layers.StochDepth(stochdepth_rate)
+
+  def __call__(self, x: jax.Array,
+               is_training: bool) -> tuple[jax.Array, jax.Array]:
+    """Returns (block output, residual branch output)."""
+    out = self.activation(x) * self.beta
+    if self.stride > 1:
+      shortcut = self.conv_shortcut(layers.avg_pool_2x2(out))
+    elif self.use_projection:
+      shortcut = self.conv_shortcut(out)
+    else:
+      shortcut = x
+    out = self.conv0(out)
+    out = self.conv1(self.activation(out))
+    out = 2 * self.se(out) * out
+    branch = self.conv2(self.activation(out))
+    out = self.stoch_depth(branch, is_training)
+    out = out * layers.skip_gain(out.dtype)
+    return out * self.alpha + shortcut, branch
+
+
+class NFRegNet(hk.Module):
+  """Normalizer-Free RegNet ([NF-ResNet] sec. 5)."""
+
+  def __init__(self, num_classes: int, variant: str = 'B0', *,
+               width: float = 1.0, expansion: float = 2.25,
+               group_size: int = 8, se_ratio: float = 0.5, alpha: float = 0.2,
+               stochdepth_rate: float = 0.1, drop_rate: Optional[float] = None,
+               activation: Union[str, layers.Activation] = 'silu',
+               fc_init: Optional[hk.initializers.Initializer] = None,
+               conv: common.ConvFactory = layers.WSConv2D,
+               remat: bool = False,
+               name: str = 'NF_RegNet'):
+    """Builds the network.
+
+    Args:
+      num_classes: classifier outputs.
+      variant: a key of `NF_REGNET_VARIANTS` ('B0'..'B8').
+      width: multiplier on every channel count (1.0 is the published model).
+      expansion: inner width of a block relative to its input.
+      group_size: channels per group of the 3x3 convs.
+      se_ratio: Squeeze-Excite hidden width as a fraction of the inner width.
+      alpha: residual branch scale.
+      stochdepth_rate: stochastic depth rate of the last block.
+      drop_rate: dropout before the classifier; None takes the variant's.
+      activation: name (gamma from the table) or a callable (gamma estimated).
+      fc_init: classifier weight initializer, zeros by default (as released).
+      conv: convolution module factory (WSConv2D by default).
+      remat: rematerialize each block in the backward pass (less activation
+        memory for about one more forward pass of compute).
+      name: module name.
+    """
+    super().__init__(name=name)
+    self.remat = remat
+    if variant not in NF_REGNET_VARIANTS:
+      raise ValueError(f'Unknown NF-RegNet variant {variant!r}; known: '
+                       f'{sorted(NF_REGNET_VARIANTS)}.')
+    spec = NF_REGNET_VARIANTS[variant]
+    self.activation = layers.scaled_activation(activation)
+    self.drop_rate = spec.drop_rate if drop_rate is None else drop_rate
+    mult = _BASE_WIDTH_MULT * width
+    ch = common.scaled_channels(spec.width[0], mult)
+    self.initial_conv = conv(ch, kernel_shape=3, stride=2,
+                             name='initial_conv')
+    self.plans = common.block_plans(spec.depth, alpha, stochdepth_rate)
+    self.blocks = []
+    for plan in self.plans:
+      out_ch = common.scaled_channels(spec.width[plan.stage], mult)
+      # The first block does not expand, following EfficientNets.
+      self.blocks.append(NFBlock(
+          ch, out_ch, expansion=1.0 if plan.index == 0 else expansion,
+          se_ratio=se_ratio, group_size=group_size,
+          stride=2 if plan.first_in_stage else 1, beta=plan.beta,
+          alpha=alpha, activation=self.activation, conv=conv,
+          stochdepth_rate=plan.stochdepth_rate))
+      ch = out_ch
+    # EfficientNet-B0 widens 320 -> 1280 at its head; keep that ratio to the
+    # (unscaled) last-stage width of 440.
+    self.final_conv = conv(int(1280 * ch // 440), kernel_shape=1,
+                           name='final_conv')
+    self.fc = hk.Linear(num_classes, w_init=fc_init or jnp.zeros,
+                        with_bias=True)
+
+  def __call__(self, x: jax.Array, is_training: bool = True,
+               return_activations: bool = False):
+    """Maps NHWC images to logits [N, num_classes] (no softmax).
+
+    With `return_activations`, returns (logits, `common.Activations`).
+    """
+    acts = common.Activations()
+    out = self.initial_conv(x)
+    acts.stem = out
+    for block in self.blocks:
+      out, branch = layers.maybe_remat(block, self.remat,
+                                       is_training=is_training)(out)
+      if return_activations:
+        acts.blocks.append(out)
+        acts.branches.append(branch)
+    out = self.activation(self.final_conv(out))
+    pooled = jnp.mean(out, axis=(1, 2))  # [N, C]
+    acts.pooled = pooled
+    if is_training and self.drop_rate > 0.0:
+      pooled = hk.dropout(hk.next_rng_key(), self.drop_rate, pooled)
+    logits = self.fc(pooled)
+    return (logits, acts) if return_activations else logits

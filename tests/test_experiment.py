@@ -1,0 +1,355 @@
+"""The runner end to end on tiny models: training, logs, exact resume after
+SIGTERM, the NaN stop, 1 vs 8 devices, and one step on mock ImageNet.
+
+Every test that trains is marked slow: each compiles a model, which takes XLA
+20-60 s on 2 CPU cores (the persistent cache below shares compilations
+between tests that build the same step).
+"""
+import functools
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from nfnets import configs
+from nfnets import data
+from nfnets import experiment
+from nfnets import train_state as ts
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _compilation_cache(tmp_path_factory):
+  # Most tests build the same tiny model; with a persistent cache every
+  # compilation after the first is a lookup.
+  values = {'jax_compilation_cache_dir': str(tmp_path_factory.mktemp('jit')),
+            'jax_persistent_cache_min_compile_time_secs': 0.0,
+            'jax_persistent_cache_min_entry_size_bytes': 0}
+  old = {name: getattr(jax.config, name) for name in values}
+  for name, value in values.items():
+    jax.config.update(name, value)
+  yield values['jax_compilation_cache_dir']
+  for name, value in old.items():
+    jax.config.update(name, value)
+
+
+def tiny_config(num_steps: int = 6) -> ml_collections.ConfigDict:
+  """NFNet-F0 at 1/16 width on 16 px digits, batch 8.
+
+  One dense 3x3 conv per block (instead of two grouped ones) roughly
+  quarters XLA's compile time on CPU, which dominates these tests.
+  """
+  config = configs.digits_config()
+  config.model.kwargs.width = 0.0625
+  config.model.kwargs.group_size = 4096
+  config.model.kwargs.use_two_convs = False
+  config.optimizer.clipping = 0.1
+  config.data.image_size = config.data.eval_image_size = 16
+  config.data.max_shift = 1
+  config.training.batch_size = 8
+  config.training.num_steps = num_steps
+  config.training.log_every = 2
+  config.eval.batch_size = 120
+  config.eval.every_steps = 0
+  config.checkpoint.every_steps = 0
+  config.optimizer.warmup_steps = 1
+  return config
+
+
+def _assert_trees_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _wrap_train_batches(monkeypatch, edit):
+  """Makes the runner's train stream pass through `edit(index, batch)`."""
+  build_train = data.build_train
+
+  def wrapped(*args, **kwargs):
+    start = kwargs.get('start_step', 0)
+    for i, batch in enumerate(build_train(*args, **kwargs), start):
+      yield edit(i, batch)
+
+  monkeypatch.setattr(data, 'build_train', wrapped)
+
+
+# Pieces -----------------------------------------------------------------------
+
+
+def test_get_steps_from_steps_or_epochs():
+  group = ml_collections.ConfigDict({'num_steps': None, 'num_epochs': 2.5})
+  assert experiment.get_steps(group, 'num', batch_size=100,
+                              num_examples=1000) == 25
+  group = ml_collections.ConfigDict({'num_steps': 7, 'num_epochs': None})
+  assert experiment.get_steps(group, 'num', batch_size=100,
+                              num_examples=1000) == 7
+  group = ml_collections.ConfigDict({'num_steps': 7, 'num_epochs': 1.0})
+  with pytest.raises(experiment.ConfigError, match='only one'):
+    experiment.get_steps(group, 'num', batch_size=1, num_examples=1)
+  group = ml_collections.ConfigDict({'num_steps': None, 'num_epochs': None})
+  with pytest.raises(experiment.ConfigError, match='Set num_steps'):
+    experiment.get_steps(group, 'num', batch_size=1, num_examples=1)
+  assert experiment.get_steps(group, 'num', batch_size=1, num_examples=1,
+                              default=3) == 3
+
+
+def test_ema_decay_warmup():
+  steps = jnp.array([0, 1, 90, 10**7])
+  got = experiment.ema_decay_at(steps, 0.99999)
+  want = [min(0.99999, (1 + t) / (10 + t)) for t in (0, 1, 90, 10**7)]
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_targets_with_mixing_and_label_smoothing():
+  batch = {'labels': jnp.array([0, 2]), 'mix_labels': jnp.array([1, 2]),
+           'mix_ratio': jnp.array([0.75, 0.4])}
+  got = experiment.targets_of(batch, 4, 0.1)
+  want = np.array([[0.75, 0.25, 0, 0], [0, 0, 1.0, 0]])
+  want = want * 0.9 + 0.1 / 4
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  np.testing.assert_allclose(np.sum(got, -1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_train_step_loss_ema_and_learning():
+  # Long enough that the cosine decay keeps the learning rate up here.
+  config = tiny_config(num_steps=200)
+  config.model.kwargs.drop_rate = 0.0
+  config.optimizer.warmup_steps = 0  # A warmup's first learning rate is 0.
+  model = experiment.build_model(config)
+  optimizer, _ = experiment.build_optimizer(config)
+  state = jax.jit(functools.partial(experiment.init_train_state, config, model,
+                                    optimizer))(jax.random.PRNGKey(0))
+  batch = next(data.build_train(config.data, batch_size=8, seed=0))
+  batch = jax.tree.map(jnp.asarray, batch)
+  step = jax.jit(experiment.make_train_step(config, model, optimizer))
+
+  new, metrics = step(state, batch)
+  # The loss: smoothed cross-entropy of the forward pass, recomputed in NumPy.
+  logits, _ = jax.jit(functools.partial(model.apply, is_training=True))(
+      state.params, state.model_state, jax.random.split(state.rng)[1],
+      batch['images'])
+  logits = np.asarray(logits, np.float64)
+  log_probs = logits - logits.max(-1, keepdims=True)
+  log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+  eps, k = config.training.label_smoothing, 10
+  targets = np.eye(k)[np.asarray(batch['labels'])] * (1 - eps) + eps / k
+  want = -np.mean(np.sum(targets * log_probs, -1))
+  np.testing.assert_allclose(float(metrics['loss']), want, rtol=1e-5)
+  assert int(new.step) == 1
+  # The EMA at t=0 uses decay min(d, 1/10): ema = 0.1 * old + 0.9 * new.
+  for old, p, e in zip(jax.tree.leaves(state.params),
+                       jax.tree.leaves(new.params),
+                       jax.tree.leaves(new.ema_params)):
+    np.testing.assert_allclose(e, 0.1 * old + 0.9 * p, rtol=1e-5, atol=1e-7)
+  assert any(not np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(state.params), jax.tree.leaves(new.params)))
+  assert not np.array_equal(state.rng, new.rng)
+
+  # The same batch over and over: the loss must fall.
+  losses = [float(metrics['loss'])]
+  for _ in range(15):
+    new, metrics = step(new, batch)
+    losses.append(float(metrics['loss']))
+  assert losses[-1] < losses[0] - 0.05, losses
+
+
+# The loop ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_writes_logs_checkpoints_and_config(tmp_path):
+  config = tiny_config(num_steps=6)
+  config.checkpoint.every_steps = 4
+  config.eval.every_steps = 4
+  metrics = experiment.train_and_evaluate(config, tmp_path)
+
+  assert metrics['step'] == 6 and metrics['preempted'] == 0
+  for key in ('top1', 'top5', 'loss', 'ema_top1', 'ema_top5', 'ema_loss'):
+    assert np.isfinite(metrics[f'eval/{key}'])
+  assert 0 <= metrics['eval/top1'] <= metrics['eval/top5'] <= 1
+  assert np.isfinite(metrics['train/loss'])
+
+  # The config file is the run's config.
+  assert ts.config_to_dict(ts.load_config(tmp_path)) == ts.config_to_dict(
+      config)
+  # Checkpoints every 4 steps and at the end.
+  manager = ts.checkpoint_manager(tmp_path, read_only=True)
+  assert manager.all_steps() == [4, 6]
+  manager.close()
+  saved_config, state = ts.restore_latest(tmp_path)
+  assert int(state.step) == 6
+  assert saved_config.model.kwargs.width == 0.0625
+
+  # JSON lines: train logs every 2 steps, evaluations at 4 and 6.
+  records = [json.loads(l) for l in
+             (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  train = [r['step'] for r in records if 'train/loss' in r]
+  evals = [r['step'] for r in records if 'eval/top1' in r]
+  assert train == [2, 4, 6] and evals == [4, 6]
+  assert all(r['train/images_per_sec'] > 0 for r in records
+             if 'train/loss' in r)
+  assert records[-1]['eval/top1'] == pytest.approx(metrics['eval/top1'])
+
+  # TensorBoard event files hold the same scalars.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  events = list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
+  assert len(events) == 1
+  tags = {}
+  for record in tf.data.TFRecordDataset(str(events[0])):
+    event = tf.compat.v1.Event.FromString(record.numpy())
+    for value in event.summary.value:
+      tags.setdefault(value.tag, []).append(event.step)
+  assert tags['train/loss'] == [2, 4, 6]
+  assert tags['eval/ema_top1'] == [4, 6]
+
+  # A second start finds the finished run and only evaluates it.
+  again = experiment.train_and_evaluate(config, tmp_path)
+  assert again['step'] == 6
+  assert again['eval/top1'] == pytest.approx(metrics['eval/top1'])
+
+
+@pytest.mark.slow
+def test_resume_after_sigterm_equals_an_uninterrupted_run(tmp_path,
+                                                          monkeypatch):
+  config = tiny_config(num_steps=6)
+  reference = tmp_path / 'reference'
+  experiment.train_and_evaluate(config, reference)
+
+  # SIGTERM arrives while the 3rd batch is being prepared; the runner must
+  # save and stop, then a second start must resume and finish.
+  received = []
+  fallback = signal.signal(signal.SIGTERM, lambda *a: received.append(a))
+
+  def kill_at_batch_3(index, batch):
+    if index == 3:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return batch
+
+  interrupted = tmp_path / 'interrupted'
+  try:
+    with monkeypatch.context() as m:
+      _wrap_train_batches(m, kill_at_batch_3)
+      first = experiment.train_and_evaluate(config, interrupted)
+  finally:
+    signal.signal(signal.SIGTERM, fallback)
+  assert not received  # The runner's handler got it, not the fallback.
+  assert first['preempted'] == 1
+  assert 1 <= first['step'] < 6
+  manager = ts.checkpoint_manager(interrupted, read_only=True)
+  assert manager.all_steps() == [int(first['step'])]
+  manager.close()
+
+  second = experiment.train_and_evaluate(config, interrupted)
+  assert second['step'] == 6 and second['preempted'] == 0
+  _, want = ts.restore_latest(reference)
+  _, got = ts.restore_latest(interrupted)
+  _assert_trees_equal(want, got)
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path,
+                                                           monkeypatch):
+  config = tiny_config(num_steps=6)
+  config.checkpoint.every_steps = 2
+  config.training.log_every = 1
+
+  def poison_batch_3(index, batch):
+    if index == 3:  # The 4th update.
+      batch = dict(batch, images=np.full_like(batch['images'], np.nan))
+    return batch
+
+  _wrap_train_batches(monkeypatch, poison_batch_3)
+  with pytest.raises(FloatingPointError, match=r'at step 4\b.*kept'):
+    experiment.train_and_evaluate(config, tmp_path)
+  manager = ts.checkpoint_manager(tmp_path, read_only=True)
+  assert manager.all_steps() == [2]
+  manager.close()
+  _, state = ts.restore_latest(tmp_path)
+  assert int(state.step) == 2
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
+
+
+_RUN_WITH_DEVICES = '''
+import json, sys
+import ml_collections
+from nfnets import experiment
+config = ml_collections.ConfigDict(json.loads(sys.argv[1]))
+experiment.train_and_evaluate(config, sys.argv[2])
+'''
+
+
+@pytest.mark.slow
+def test_one_and_eight_devices_train_the_same(tmp_path, _compilation_cache):
+  config = tiny_config(num_steps=2)
+  config.training.batch_size = 16
+  config.training.log_every = 1
+  runs = {}
+  for devices in (1, 8):
+    workdir = tmp_path / str(devices)
+    env = dict(os.environ, XLA_FLAGS=(
+        f'--xla_force_host_platform_device_count={devices}'),
+               JAX_PLATFORMS='cpu')
+    subprocess.run(
+        [sys.executable, '-c', _RUN_WITH_DEVICES,
+         json.dumps(ts.config_to_dict(config)), str(workdir)],
+        check=True, env=env, cwd=REPO, capture_output=True)
+    records = [json.loads(l) for l in
+               (workdir / 'metrics.jsonl').read_text().splitlines()]
+    losses = [r['train/loss'] for r in records if 'train/loss' in r]
+    runs[devices] = losses, ts.restore_latest(workdir)[1]
+  np.testing.assert_allclose(runs[1][0], runs[8][0], rtol=1e-5)
+  for one, eight in zip(jax.tree.leaves(runs[1][1]),
+                        jax.tree.leaves(runs[8][1])):
+    np.testing.assert_allclose(one, eight, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_one_step_on_mock_imagenet(tmp_path):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  config = configs.nfnet_config('nfnet_f0')
+  config.model.kwargs.width = 0.0625
+  config.model.kwargs.group_size = 4096
+  config.model.kwargs.use_two_convs = False
+  config.data.image_size = config.data.eval_image_size = 16
+  config.data.crop_padding = 4
+  config.training.batch_size = 8
+  config.training.num_epochs = None
+  config.training.num_steps = 1
+  config.optimizer.warmup_epochs = 0.0
+  config.eval.batch_size = 8
+  with tfds.testing.mock_data(num_examples=12):
+    metrics = experiment.train_and_evaluate(config, tmp_path)
+  assert metrics['step'] == 1
+  assert np.isfinite(metrics['train/loss'])
+  # 1000 classes at initialization: the loss is close to log(1000).
+  assert abs(metrics['train/loss'] - np.log(1000)) < 0.5
+  assert 0 <= metrics['eval/top1'] <= metrics['eval/top5'] <= 1
+
+
+@pytest.mark.slow
+def test_command_line_default_config_from_another_directory(tmp_path):
+  workdir = tmp_path / 'run'
+  result = subprocess.run(
+      [sys.executable, '-m', 'nfnets.experiment', f'--workdir={workdir}',
+       '--config.training.num_steps=3', '--config.training.log_every=1',
+       '--config.model.kwargs.width=0.0625', '--config.data.image_size=16',
+       '--config.data.eval_image_size=16', '--config.optimizer.warmup_steps=1',
+       '--config.checkpoint.every_steps=0', '--config.eval.every_steps=0'],
+      cwd=tmp_path, capture_output=True, text=True,
+      env=dict(os.environ, PYTHONPATH=str(REPO)))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'step 3/3' in result.stderr and 'ETA' in result.stderr
+  assert ts.load_config(workdir).data.dataset == 'digits'
+  records = (workdir / 'metrics.jsonl').read_text().splitlines()
+  assert [json.loads(l)['step'] for l in records] == [1, 2, 3, 3]

@@ -1,0 +1,215 @@
+"""The fast paths compute what the plain paths compute.
+
+Grouped-convolution formulations against each other and a NumPy reference
+(forward and gradients), pre-standardized inference against the normal
+forward, rematerialized blocks against stored activations, and the benchmark
+train step compiling once.
+"""
+import functools
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import _common
+from benchmarks import train_step
+from nfnets import layers
+from nfnets import models
+
+
+def _numpy_grouped_conv(x, w, stride, pads, groups):
+  """Direct loop reference: NHWC input, HWIO kernel, explicit padding."""
+  x = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+  n, h, wd, c = x.shape
+  kh, kw, cin_g, cout = w.shape
+  cout_g = cout // groups
+  ho = (h - kh) // stride + 1
+  wo = (wd - kw) // stride + 1
+  out = np.zeros((n, ho, wo, cout), np.float64)
+  for g in range(groups):
+    xg = x[..., g * cin_g:(g + 1) * cin_g]
+    wg = w[..., g * cout_g:(g + 1) * cout_g]
+    for i in range(kh):
+      for j in range(kw):
+        patch = xg[:, i:i + (ho - 1) * stride + 1:stride,
+                   j:j + (wo - 1) * stride + 1:stride, :]
+        out[..., g * cout_g:(g + 1) * cout_g] += patch @ wg[i, j]
+  return out
+
+
+_CASES = [
+    # (channels in, channels out, groups, kernel, stride, padding, size)
+    (12, 12, 3, 3, 1, 'SAME', 7),
+    (12, 24, 3, 3, 2, 'SAME', 8),   # TF SAME pads more at the end.
+    (8, 8, 2, 3, 2, 'VALID', 9),
+    (8, 16, 4, 1, 1, 'SAME', 5),
+    (6, 10, 1, 1, 2, 'SAME', 7),    # Dense strided 1x1: a matmul on CPU.
+    (24, 24, 24, 3, 1, 'SAME', 6),  # Depthwise.
+    (40, 40, 20, 3, 1, ((2, 0), (1, 1)), 6),
+]
+
+
+@pytest.mark.parametrize('cin,cout,groups,k,stride,padding,size', _CASES)
+@pytest.mark.parametrize('impl', ['native', 'split', 'im2col', 'auto'])
+def test_grouped_conv_matches_numpy(cin, cout, groups, k, stride, padding,
+                                    size, impl):
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((2, size, size, cin)).astype(np.float32)
+  w = rng.standard_normal((k, k, cin // groups, cout)).astype(np.float32)
+  pads = (jax.lax.padtype_to_pads((size, size), (k, k), (stride, stride),
+                                  padding)
+          if isinstance(padding, str) else padding)
+  expected = _numpy_grouped_conv(x.astype(np.float64), w.astype(np.float64),
+                                 stride, [tuple(p) for p in pads], groups)
+  got = layers.grouped_conv2d(jnp.asarray(x), jnp.asarray(w),
+                              stride=(stride, stride), padding=padding,
+                              feature_group_count=groups, impl=impl)
+  np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('cin,cout,groups,k,stride,padding,size', _CASES)
+def test_grouped_conv_gradients_agree(cin, cout, groups, k, stride, padding,
+                                      size):
+  kx, kw, kt = jax.random.split(jax.random.PRNGKey(1), 3)
+  x = jax.random.normal(kx, (2, size, size, cin))
+  w = jax.random.normal(kw, (k, k, cin // groups, cout))
+
+  def loss(impl, x, w):
+    y = layers.grouped_conv2d(x, w, stride=(stride, stride), padding=padding,
+                              feature_group_count=groups, impl=impl)
+    # A nonlinear loss so that the cotangent differs per output element.
+    target = jax.random.normal(kt, y.shape)
+    return jnp.sum(jnp.sin(y) * target)
+
+  grads = {impl: jax.grad(functools.partial(loss, impl), argnums=(0, 1))(x, w)
+           for impl in ('native', 'split', 'im2col')}
+  for impl in ('split', 'im2col'):
+    for got, ref in zip(grads[impl], grads['native']):
+      scale = float(jnp.max(jnp.abs(ref)))
+      np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4 * scale)
+
+
+def test_grouped_conv_rejects_unknown_impl():
+  with pytest.raises(ValueError, match='impl'):
+    layers.grouped_conv2d(jnp.ones((1, 4, 4, 4)), jnp.ones((3, 3, 2, 4)),
+                          feature_group_count=2, impl='winograd')
+
+
+def _tiny_nfnet(conv=layers.WSConv2D, **kw):
+  return models.transform('nfnet_f0', num_classes=10, width=0.125,
+                          drop_rate=0.0, conv=conv, **kw)
+
+
+@pytest.mark.slow
+def test_nfnet_grouped_formulations_same_params_forward_and_grads():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+  labels = jnp.array([1, 7])
+  ref = _tiny_nfnet(_common.conv_with_impl('native'))
+  params, state = ref.init(jax.random.PRNGKey(1), x)
+  # Non-zero skip gains so every block's branch reaches the loss.
+  params = jax.tree_util.tree_map_with_path(
+      lambda p, v: jnp.full_like(v, 0.5) if p[-1].key == 'skip_gain' else v,
+      params)
+
+  def loss(fwd, p):
+    logits, _ = fwd.apply(p, state, jax.random.PRNGKey(2), x, is_training=True)
+    return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(2), labels])
+
+  ref_loss, ref_grads = jax.value_and_grad(functools.partial(loss, ref))(params)
+  for impl in ('split', 'im2col', 'auto'):
+    fwd = _tiny_nfnet(_common.conv_with_impl(impl))
+    # Identical parameter tree: same names, shapes and initial values.
+    p2, _ = fwd.init(jax.random.PRNGKey(1), x)
+    assert jax.tree_util.tree_structure(p2) == jax.tree_util.tree_structure(
+        ref.init(jax.random.PRNGKey(1), x)[0])
+    got_loss, got_grads = jax.value_and_grad(functools.partial(loss, fwd))(
+        params)
+    np.testing.assert_allclose(got_loss, ref_loss, rtol=1e-5)
+    for path_g, ref_g in zip(jax.tree_util.tree_leaves(got_grads),
+                             jax.tree_util.tree_leaves(ref_grads)):
+      scale = float(jnp.max(jnp.abs(ref_g))) + 1e-12
+      np.testing.assert_allclose(path_g, ref_g, rtol=0, atol=1e-4 * scale)
+  # The default model uses 'auto' and so equals the native one too.
+  default_logits, _ = _tiny_nfnet().apply(params, state, None, x,
+                                          is_training=False)
+  ref_logits, _ = ref.apply(params, state, None, x, is_training=False)
+  np.testing.assert_allclose(default_logits, ref_logits, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('name', ['nfnet_f0', 'nf_resnet50', 'nf_regnet_b0'])
+def test_prestandardized_inference_equals_forward(name):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+  fwd = models.transform(name, num_classes=10, width=0.25)
+  params, state = fwd.init(jax.random.PRNGKey(1), x)
+  # Random gains and skip gains: standardization must fold the gain in.
+  leaves, tree = jax.tree_util.tree_flatten_with_path(params)
+  keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
+  params = jax.tree_util.tree_unflatten(tree, [
+      jax.random.uniform(k, v.shape, minval=0.5, maxval=1.5)
+      if p[-1].key in ('gain', 'skip_gain') else v
+      for (p, v), k in zip(leaves, keys)])
+  expected, _ = fwd.apply(params, state, None, x, is_training=False)
+
+  exported = layers.standardize_conv_params(params)
+  assert not any('gain' in m for m in exported.values())
+  fast = models.transform(name, num_classes=10, width=0.25,
+                          conv=layers.PrestandardizedConv2D)
+  got, _ = jax.jit(lambda p, x: fast.apply(p, state, None, x,
+                                           is_training=False))(exported, x)
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+  # The exported kernels are the standardized ones: zero fan-in mean.
+  conv_ws = [m['w'] for m in exported.values() if 'w' in m and m['w'].ndim == 4]
+  assert conv_ws
+  for w in conv_ws:
+    np.testing.assert_allclose(jnp.mean(w, axis=(0, 1, 2)), 0.0, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['nfnet_f0', 'nf_resnet50', 'nf_regnet_b0'])
+def test_remat_gives_equal_loss_and_grads(name):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+  kwargs = dict(num_classes=10, width=0.125, stochdepth_rate=0.5)
+  plain = models.transform(name, **kwargs)
+  remat = models.transform(name, remat=True, **kwargs)
+  params, state = plain.init(jax.random.PRNGKey(1), x)
+  params = jax.tree_util.tree_map_with_path(
+      lambda p, v: jnp.full_like(v, 0.5) if p[-1].key == 'skip_gain' else v,
+      params)
+  rng = jax.random.PRNGKey(2)  # Same dropout / stochastic-depth draws.
+
+  def loss(fwd, p):
+    logits, _ = fwd.apply(p, state, rng, x, is_training=True)
+    return jnp.sum(jax.nn.log_softmax(logits)[:, 3])
+
+  l0, g0 = jax.jit(jax.value_and_grad(functools.partial(loss, plain)))(params)
+  l1, g1 = jax.jit(jax.value_and_grad(functools.partial(loss, remat)))(params)
+  np.testing.assert_allclose(l1, l0, rtol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g0)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  # The rematerialized step really recomputes: its jaxpr holds checkpoints.
+  jaxpr = jax.make_jaxpr(jax.grad(functools.partial(loss, remat)))(params)
+  assert 'remat' in str(jaxpr) or 'checkpoint' in str(jaxpr)
+
+
+@pytest.mark.slow
+def test_benchmark_train_step_compiles_once_and_learns():
+  args = train_step.parse_args([
+      '--model', 'nfnet_f0', '--width', '0.125', '--batch', '4',
+      '--image-size', '32', '--num-classes', '10', '--steps', '0',
+      '--warmup', '0', '--no-save'])
+  runner = train_step._Runner('nfnet_f0', args)  # pylint: disable=protected-access
+  first = None
+  for _ in range(6):
+    runner()
+    if first is None:
+      first = float(runner.metrics['loss'])
+  assert runner.trace_count[0] == 1
+  # Same batch every step: the loss must fall.
+  assert float(runner.metrics['loss']) < first
+  # Donated inputs: the previous parameter buffers are consumed.
+  params = runner.carry[0]
+  runner()
+  leaf = jax.tree_util.tree_leaves(params)[0]
+  assert leaf.is_deleted()
