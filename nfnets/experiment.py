@@ -637,8 +637,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
               'step %d/%d  loss %.4f  top1 %.3f  %.0f img/s  ETA %s', step,
               total_steps, means['loss'], means['top1'],
               rate * tc.batch_size, _format_eta((total_steps - step) / rate))
-        if do_save:
-          ts.save(manager, state, config)
         if do_eval:
           final.update(_evaluate(eval_step, state, config, batch_sharded))
           writer.write(step, {k: v for k, v in final.items()
@@ -646,6 +644,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           logging.info('step %d eval: %s', step, ', '.join(
               f'{k[5:]} {v:.4f}' for k, v in final.items()
               if k.startswith('eval/')))
+        if do_save:
+          # After the evaluation: tfds' mock file system (used in tests) is
+          # process-wide while a pipeline is built, and would swallow the
+          # files of an asynchronous save still being written.
+          ts.save(manager, state, config)
         if stopped:
           logging.warning('Stopped at step %d after SIGTERM; checkpoint saved.',
                           step)
