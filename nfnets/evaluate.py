@@ -37,6 +37,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from nfnets import data
+from nfnets import layers
+from nfnets import models
 from nfnets import pretrained
 from nfnets import train_state as ts
 
@@ -49,10 +51,49 @@ MAX_CONFUSION_CLASSES = 50
 CheckpointError = ts.CheckpointError
 
 
-def _build_model(config: ml_collections.ConfigDict) -> hk.TransformedWithState:
+def _build_model(config: ml_collections.ConfigDict,
+                 **overrides: Any) -> hk.TransformedWithState:
   # Deferred: the runner pulls in the optimizer and logging stack.
   from nfnets import experiment  # pylint: disable=g-import-not-at-top
-  return experiment.build_model(config)
+  return experiment.build_model(config, **overrides)
+
+
+def fold_weight_standardization(
+    config: ml_collections.ConfigDict, model: hk.TransformedWithState,
+    params: hk.Params) -> tuple[hk.TransformedWithState, hk.Params]:
+  """The model and weights to run inference with, Scaled WS computed once.
+
+  Scaled WS depends only on the weights, so every `WSConv2D` kernel is
+  standardized here (`layers.standardize_conv_params`) and the returned model
+  applies the exported kernels as plain convolutions
+  (`layers.PrestandardizedConv2D`); its logits equal `model`'s up to float
+  rounding. Models without WSConv2D layers (the normalized baselines), or
+  whose config already chooses its own `conv`, come back unchanged.
+
+  Args:
+    config: the run's config (model name and constructor arguments).
+    model: the model built from `config`.
+    params: its weights.
+
+  Returns:
+    (model, params) for `model.apply(params, state, None, images,
+    is_training=False)`.
+  """
+  folded = layers.standardize_conv_params(params)
+  has_ws = any(set(p) == {'w', 'gain', 'bias'} for p in params.values())
+  if (not has_ws or 'conv' in config.model.kwargs
+      or 'conv' not in models.accepted_overrides(config.model.name)):
+    return model, params
+  fast = _build_model(config, conv=layers.PrestandardizedConv2D)
+  size = config.data.eval_image_size
+  expected, _ = jax.eval_shape(lambda: fast.init(
+      jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)), is_training=False))
+  shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
+  if shapes(expected) != shapes(folded):
+    # A WSConv2D built outside the model's `conv` factory keeps its gain;
+    # such a model is run as trained.
+    return model, params
+  return fast, folded
 
 
 @dataclasses.dataclass
@@ -78,6 +119,8 @@ class LoadedCheckpoint:
   state: hk.State
   _apply: Optional[Callable[..., jax.Array]] = dataclasses.field(
       default=None, repr=False)
+  _inference: Optional[tuple[Callable[..., jax.Array], hk.Params]] = (
+      dataclasses.field(default=None, repr=False))
 
   @property
   def num_classes(self) -> int:
@@ -95,9 +138,29 @@ class LoadedCheckpoint:
           params, state, None, images, is_training=False)[0])
     return self._apply
 
+  @property
+  def inference(self) -> tuple[Callable[..., jax.Array], hk.Params]:
+    """(jitted apply, weights) that `logits`, `predict` and `evaluate` use.
+
+    The apply has `apply_fn`'s signature, but the weights have Scaled WS
+    folded in once (`fold_weight_standardization`), so no forward pass
+    recomputes it.
+    """
+    if self._inference is None:
+      model, params = fold_weight_standardization(self.config, self.model,
+                                                  self.params)
+      if model is self.model:
+        self._inference = self.apply_fn, self.params
+      else:
+        self._inference = jax.jit(
+            lambda params, state, images: model.apply(
+                params, state, None, images, is_training=False)[0]), params
+    return self._inference
+
   def logits(self, images: Any) -> jax.Array:
     """Logits [N, num_classes] of preprocessed images [N, S, S, 3]."""
-    return self.apply_fn(self.params, self.state, jnp.asarray(images))
+    apply, params = self.inference
+    return apply(params, self.state, jnp.asarray(images))
 
   def preprocess(self, images: Any) -> jax.Array:
     """The eval resize/crop and normalization (`data.preprocess_for_eval`)."""
@@ -257,10 +320,11 @@ def evaluate(ckpt: LoadedCheckpoint, *, batch_size: Optional[int] = None,
     num_batches = min(num_batches, max_batches)
   k = min(5, ckpt.num_classes)
 
+  apply, params = ckpt.inference
+
   @jax.jit
   def step(params, state, images, labels):
-    logits = ckpt.model.apply(params, state, None, images,
-                              is_training=False)[0]
+    logits = apply(params, state, images)
     hit_k = jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1)
     return jnp.argmax(logits, -1), hit_k
 
@@ -274,7 +338,7 @@ def evaluate(ckpt: LoadedCheckpoint, *, batch_size: Optional[int] = None,
   for i, batch in enumerate(batches):
     if i >= num_batches:
       break
-    preds, hit_k = jax.device_get(step(ckpt.params, ckpt.state,
+    preds, hit_k = jax.device_get(step(params, ckpt.state,
                                        batch['images'], batch['labels']))
     mask = np.asarray(batch['mask'], bool)
     np.add.at(confusion, (batch['labels'][mask], preds[mask]), 1)

@@ -199,11 +199,16 @@ def validate_config(config: ml_collections.ConfigDict,
 # Model, optimizer and state ---------------------------------------------------
 
 
-def build_model(config: ml_collections.ConfigDict) -> hk.TransformedWithState:
-  """The transformed model of `config.model` with the data set's classes."""
+def build_model(config: ml_collections.ConfigDict,
+                **overrides: Any) -> hk.TransformedWithState:
+  """The transformed model of `config.model` with the data set's classes.
+
+  `overrides` replace or add constructor arguments of `config.model.kwargs`
+  (e.g. `conv=layers.PrestandardizedConv2D` for inference).
+  """
+  kwargs = {**config.model.kwargs.to_dict(), **overrides}
   return hk.transform_with_state(models.create(
-      config.model.name, num_classes=data.num_classes(config.data),
-      **config.model.kwargs.to_dict()))
+      config.model.name, num_classes=data.num_classes(config.data), **kwargs))
 
 
 def durations(config: ml_collections.ConfigDict) -> tuple[int, int]:
