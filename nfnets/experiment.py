@@ -635,7 +635,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           rate = (step - last_step) / max(now - last_time, 1e-9)
           last_time, last_step = now, step
           final = {f'train/{k}': v for k, v in means.items()}
-          final['train/learning_rate'] = float(schedule(step - 1))
+          final['train/learning_rate'] = float(
+              jax.device_get(schedule(step - 1)))
           final['train/images_per_sec'] = rate * tc.batch_size
           writer.write(step, final)
           logging.info(
