@@ -117,8 +117,11 @@ def imagenet_config(model: str, arg: Optional[str] = None, *,
   spec = models.get_spec(model)
   config = base_config()
   config.model.name = model
-  config.model.kwargs = ml_collections.ConfigDict(
-      dict(drop_rate=spec['drop_rate'], **model_kwargs))
+  kwargs = dict(drop_rate=spec['drop_rate'])
+  if 'remat' in models.accepted_overrides(model):
+    # Listed so that `--config.model.kwargs.remat=True` can switch it on.
+    kwargs['remat'] = False
+  config.model.kwargs = ml_collections.ConfigDict(dict(kwargs, **model_kwargs))
 
   config.data.image_size = spec['train_imsize']
   config.data.eval_image_size = spec['test_imsize']

@@ -132,7 +132,9 @@ def test_command_line_overrides():
                   '--config.training.batch_size=32',
                   '--config.optimizer.clipping=0.02',
                   '--config.model.kwargs.width=0.25',
+                  '--config.model.kwargs.remat=True',
                   '--config.training.num_steps=7'])
+  assert config.model.kwargs.remat is True
   assert config.training.batch_size == 32
   assert config.optimizer.clipping == 0.02
   assert config.model.kwargs.width == 0.25
