@@ -7,6 +7,7 @@ import pytest
 
 import nfnets.models as models
 from nfnets.models import common
+from tests import shallow
 
 _PUBLISHED = [n for n in models.list_models()
               if 'params_m' in models.get_spec(n)]
@@ -50,8 +51,12 @@ _TINY = {
 
 
 def _tiny_forward(name, **overrides):
-  """Init + one jitted train and eval forward (one compilation) of a tiny model."""
-  fwd = models.transform(name, num_classes=7, **{**_TINY[name], **overrides})
+  """Init + one jitted train and eval forward (one compilation) of a tiny model.
+
+  `name` is a model of `_TINY` or its shallow twin (tests/shallow.py).
+  """
+  width = _TINY[name.removesuffix(shallow.SUFFIX)]
+  fwd = models.transform(name, num_classes=7, **{**width, **overrides})
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
   params, state = jax.jit(lambda x: fwd.init(jax.random.PRNGKey(1), x))(x)
 
@@ -65,7 +70,9 @@ def _tiny_forward(name, **overrides):
 
 
 @pytest.mark.parametrize('name', sorted(_TINY))
-def test_tiny_models_produce_finite_logits_and_block_activations(name):
+def test_tiny_models_produce_finite_logits_and_block_activations(
+    name, shallow_model):
+  name = shallow_model(name)
   train, test, acts = _tiny_forward(name)
   assert train.shape == test.shape == (2, 7)
   assert np.all(np.isfinite(train)) and np.all(np.isfinite(test))
@@ -121,10 +128,11 @@ def test_registry_lists_models_and_explains_mistakes():
   assert spec['drop_rate'] == 0.4 and spec['randaugment_magnitude'] == 15
 
 
-def test_activation_override_reaches_every_block():
-  relu_train, relu_test, _ = _tiny_forward('nf_resnet50', activation='relu')
+def test_activation_override_reaches_every_block(shallow_model):
+  name = shallow_model('nf_resnet50')
+  relu_train, relu_test, _ = _tiny_forward(name, activation='relu')
   leaky = lambda v: jnp.maximum(v, 0.1 * v)  # Gamma estimated numerically.
-  _, leaky_test, acts = _tiny_forward('nf_resnet50', activation=leaky)
+  _, leaky_test, acts = _tiny_forward(name, activation=leaky)
   assert np.all(np.isfinite(leaky_test))
   assert not np.allclose(acts.pooled, 0.0)
   assert not np.allclose(relu_test, leaky_test)

@@ -3,7 +3,8 @@
 Grouped-convolution formulations against each other and a NumPy reference
 (forward and gradients), pre-standardized inference against the normal
 forward, rematerialized blocks against stored activations, and the benchmark
-train step compiling once.
+train step compiling once. The models are the registered ones' shallow twins
+(tests/shallow.py): the same blocks, fewer of them, for less XLA compile time.
 """
 import functools
 
@@ -97,17 +98,19 @@ def test_grouped_conv_rejects_unknown_impl():
                           feature_group_count=2, impl='winograd')
 
 
-def _tiny_nfnet(conv=layers.WSConv2D, **kw):
-  return models.transform('nfnet_f0', num_classes=10, width=0.125,
-                          drop_rate=0.0, conv=conv, **kw)
+def _tiny_nfnet(name, conv=layers.WSConv2D, **kw):
+  return models.transform(name, num_classes=10, width=0.125, drop_rate=0.0,
+                          conv=conv, **kw)
 
 
 @pytest.mark.slow
-def test_nfnet_grouped_formulations_same_params_forward_and_grads():
+def test_nfnet_grouped_formulations_same_params_forward_and_grads(
+    shallow_model):
+  name = shallow_model('nfnet_f0')
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
   labels = jnp.array([1, 7])
-  ref = _tiny_nfnet(_common.conv_with_impl('native'))
-  params, state = ref.init(jax.random.PRNGKey(1), x)
+  ref = _tiny_nfnet(name, _common.conv_with_impl('native'))
+  params, state = jax.jit(ref.init)(jax.random.PRNGKey(1), x)
   # Non-zero skip gains so every block's branch reaches the loss.
   params = jax.tree_util.tree_map_with_path(
       lambda p, v: jnp.full_like(v, 0.5) if p[-1].key == 'skip_gain' else v,
@@ -117,32 +120,39 @@ def test_nfnet_grouped_formulations_same_params_forward_and_grads():
     logits, _ = fwd.apply(p, state, jax.random.PRNGKey(2), x, is_training=True)
     return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(2), labels])
 
-  ref_loss, ref_grads = jax.value_and_grad(functools.partial(loss, ref))(params)
+  def value_and_grad(fwd):
+    return jax.jit(jax.value_and_grad(functools.partial(loss, fwd)))(params)
+
+  def shapes(tree):
+    return jax.tree_util.tree_map(lambda v: v.shape, tree)
+
+  ref_loss, ref_grads = value_and_grad(ref)
   for impl in ('split', 'im2col', 'auto'):
-    fwd = _tiny_nfnet(_common.conv_with_impl(impl))
-    # Identical parameter tree: same names, shapes and initial values.
-    p2, _ = fwd.init(jax.random.PRNGKey(1), x)
-    assert jax.tree_util.tree_structure(p2) == jax.tree_util.tree_structure(
-        ref.init(jax.random.PRNGKey(1), x)[0])
-    got_loss, got_grads = jax.value_and_grad(functools.partial(loss, fwd))(
-        params)
+    fwd = _tiny_nfnet(name, _common.conv_with_impl(impl))
+    # Identical parameter tree: same names and shapes.
+    p2, _ = jax.eval_shape(fwd.init, jax.random.PRNGKey(1), x)
+    assert shapes(p2) == shapes(params)
+    got_loss, got_grads = value_and_grad(fwd)
     np.testing.assert_allclose(got_loss, ref_loss, rtol=1e-5)
     for path_g, ref_g in zip(jax.tree_util.tree_leaves(got_grads),
                              jax.tree_util.tree_leaves(ref_grads)):
       scale = float(jnp.max(jnp.abs(ref_g))) + 1e-12
       np.testing.assert_allclose(path_g, ref_g, rtol=0, atol=1e-4 * scale)
   # The default model uses 'auto' and so equals the native one too.
-  default_logits, _ = _tiny_nfnet().apply(params, state, None, x,
-                                          is_training=False)
-  ref_logits, _ = ref.apply(params, state, None, x, is_training=False)
+  def logits(fwd):
+    return jax.jit(functools.partial(fwd.apply, is_training=False))(
+        params, state, None, x)[0]
+
+  default_logits, ref_logits = logits(_tiny_nfnet(name)), logits(ref)
   np.testing.assert_allclose(default_logits, ref_logits, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize('name', ['nfnet_f0', 'nf_resnet50', 'nf_regnet_b0'])
-def test_prestandardized_inference_equals_forward(name):
+def test_prestandardized_inference_equals_forward(name, shallow_model):
+  name = shallow_model(name)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
   fwd = models.transform(name, num_classes=10, width=0.25)
-  params, state = fwd.init(jax.random.PRNGKey(1), x)
+  params, state = jax.jit(fwd.init)(jax.random.PRNGKey(1), x)
   # Random gains and skip gains: standardization must fold the gain in.
   leaves, tree = jax.tree_util.tree_flatten_with_path(params)
   keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
@@ -150,7 +160,8 @@ def test_prestandardized_inference_equals_forward(name):
       jax.random.uniform(k, v.shape, minval=0.5, maxval=1.5)
       if p[-1].key in ('gain', 'skip_gain') else v
       for (p, v), k in zip(leaves, keys)])
-  expected, _ = fwd.apply(params, state, None, x, is_training=False)
+  expected, _ = jax.jit(lambda p, x: fwd.apply(p, state, None, x,
+                                               is_training=False))(params, x)
 
   exported = layers.standardize_conv_params(params)
   assert not any('gain' in m for m in exported.values())
@@ -168,7 +179,8 @@ def test_prestandardized_inference_equals_forward(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name', ['nfnet_f0', 'nf_resnet50', 'nf_regnet_b0'])
-def test_remat_gives_equal_loss_and_grads(name):
+def test_remat_gives_equal_loss_and_grads(name, shallow_model):
+  name = shallow_model(name)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
   kwargs = dict(num_classes=10, width=0.125, stochdepth_rate=0.5)
   plain = models.transform(name, **kwargs)
@@ -194,12 +206,13 @@ def test_remat_gives_equal_loss_and_grads(name):
 
 
 @pytest.mark.slow
-def test_benchmark_train_step_compiles_once_and_learns():
+def test_benchmark_train_step_compiles_once_and_learns(shallow_model):
+  name = shallow_model('nfnet_f0')
   args = train_step.parse_args([
-      '--model', 'nfnet_f0', '--width', '0.125', '--batch', '4',
+      '--model', name, '--width', '0.125', '--batch', '8',
       '--image-size', '32', '--num-classes', '10', '--steps', '0',
       '--warmup', '0', '--no-save'])
-  runner = train_step._Runner('nfnet_f0', args)  # pylint: disable=protected-access
+  runner = train_step._Runner(name, args)  # pylint: disable=protected-access
   first = None
   for _ in range(6):
     runner()
