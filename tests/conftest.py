@@ -1,9 +1,147 @@
-"""Fixtures shared by the test modules."""
-import contextlib
+"""Fixtures shared by the test modules.
 
+XLA's compile time dominates the tests of tiny models on CPU, so:
+- every compilation that takes a second or more goes to a persistent cache
+  shared by the pytest-xdist workers of a session: a program that several
+  tests build (the runner's steps on the same config, the evaluation of the
+  same checkpoint) is compiled once;
+- `digits_run` trains one tiny run per session (once, whichever worker asks
+  first), which the checkpoint-evaluation tests and the notebook test read,
+  and whose compiled steps a run of the command line with the same flags
+  (`DIGITS_RUN_FLAGS`) finds in the cache;
+- `shallow_model` gives models with fewer blocks (see `tests/shallow.py`).
+"""
+import contextlib
+import os
+import pathlib
+import time
+import traceback
+from typing import Callable
+
+from absl import flags
+import jax
+from jax.experimental.compilation_cache import compilation_cache as cc
+import ml_collections
+from ml_collections import config_flags
 import pytest
 
+from nfnets import experiment
 from tests import shallow
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+# How long a worker waits for another one to build a shared fixture.
+_SHARED_TIMEOUT_S = 1200
+# The shared run: the default config (NFNet-F0 on digits) with these
+# command-line overrides: 1/16 width, 16 px, 2 steps.
+DIGITS_RUN_FLAGS = (
+    '--config.training.num_steps=2', '--config.model.kwargs.width=0.0625',
+    '--config.data.image_size=16', '--config.data.eval_image_size=16',
+    '--config.optimizer.warmup_steps=1')
+
+
+def session_root(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+  """A directory shared by all the xdist workers of this session."""
+  base = tmp_path_factory.getbasetemp()
+  return base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base
+
+
+def build_once(root: pathlib.Path, name: str,
+               build: Callable[[pathlib.Path], None]) -> pathlib.Path:
+  """Runs `build(root / name)` in only one worker of the session.
+
+  The first worker to ask builds; the others wait for it and get the same
+  path (or fail with its error).
+  """
+  path = root / name
+  done = root / f'{name}.done'
+  try:
+    os.close(os.open(root / f'{name}.lock', os.O_CREAT | os.O_EXCL))
+  except FileExistsError:
+    deadline = time.monotonic() + _SHARED_TIMEOUT_S
+    while not done.exists():
+      if time.monotonic() > deadline:
+        pytest.fail(f'Timed out waiting for another worker to build {path}.')
+      time.sleep(0.5)
+    status = done.read_text()
+    if status != 'ok':
+      pytest.fail(f'Building {path} failed in another worker:\n{status}')
+    return path
+  try:
+    build(path)
+  except BaseException:
+    done.write_text(traceback.format_exc() or 'failed')
+    raise
+  done.write_text('ok')
+  return path
+
+
+@pytest.fixture(autouse=True, scope='session')
+def compilation_cache(tmp_path_factory) -> pathlib.Path:
+  """The session's persistent compilation cache directory (in use)."""
+  path = session_root(tmp_path_factory) / 'jit_cache'
+  path.mkdir(exist_ok=True)
+  values = {'jax_compilation_cache_dir': str(path),
+            'jax_persistent_cache_min_compile_time_secs': 1.0,
+            'jax_persistent_cache_min_entry_size_bytes': 0}
+  old = {name: getattr(jax.config, name) for name in values}
+  for name, value in values.items():
+    jax.config.update(name, value)
+  # JAX decides whether to use the cache at its first compilation, which may
+  # have happened while collecting the tests.
+  cc.reset_cache()
+  yield path
+  for name, value in old.items():
+    jax.config.update(name, value)
+  cc.reset_cache()
+
+
+@pytest.fixture(scope='session')
+def compilation_cache_env(compilation_cache) -> dict[str, str]:
+  """Environment variables that give a subprocess the session's cache."""
+  return {'JAX_COMPILATION_CACHE_DIR': str(compilation_cache),
+          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '1'}
+
+
+def parse_config_flags(argv: list[str]) -> ml_collections.ConfigDict:
+  """The config the runner's command line makes of `--config...` flags."""
+  values = flags.FlagValues()
+  argv = ['prog', *argv]
+  config_flags.DEFINE_config_file(
+      'config', default=str(REPO / 'experiments' / 'digits.py'),
+      flag_values=values, lock_config=True, sys_argv=argv)
+  values(argv)
+  return values.config
+
+
+def digits_run_config() -> ml_collections.ConfigDict:
+  """The shared run's config: `DIGITS_RUN_FLAGS`, checkpoints at steps 1, 2.
+
+  It stays the registered 'nfnet_f0', so that a fresh process (a notebook
+  kernel, the command line) can load and build it.
+  """
+  return parse_config_flags([*DIGITS_RUN_FLAGS,
+                             '--config.checkpoint.every_steps=1',
+                             '--config.eval.every_steps=0'])
+
+
+@pytest.fixture(scope='session')
+def digits_run(tmp_path_factory) -> pathlib.Path:
+  """Work directory of a tiny finished run (see `digits_run_config`).
+
+  Shared by every test of the session: read it, or copy it to change it.
+  """
+  return build_once(
+      session_root(tmp_path_factory), 'digits',
+      lambda path: experiment.train_and_evaluate(digits_run_config(), path))
+
+
+@pytest.fixture(scope='session')
+def digits_run_flags() -> tuple[str, ...]:
+  """Command-line flags that turn the default config into the shared run's.
+
+  A run started with them compiles the programs `digits_run` compiled.
+  """
+  return DIGITS_RUN_FLAGS
 
 
 @pytest.fixture

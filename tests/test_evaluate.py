@@ -9,28 +9,19 @@ import numpy as np
 import pytest
 from sklearn import metrics as skmetrics
 
-from nfnets import configs
 from nfnets import data
 from nfnets import evaluate
-from nfnets import experiment
 from nfnets import pretrained
 
-pytestmark = pytest.mark.slow  # Trains a tiny model first (~1 min on 2 cores).
+# Needs the session's tiny trained run (`digits_run` in conftest.py), whose
+# first user trains it.
+pytestmark = pytest.mark.slow
 
 
-def tiny_config():
-  config = configs.digits_config('runlocal')
-  config.training.num_steps = 2
-  config.checkpoint.every_steps = 1
-  config.training.batch_size = 16
-  return config
-
-
-@pytest.fixture(scope='module')
-def workdir(tmp_path_factory):
-  path = tmp_path_factory.mktemp('run') / 'digits'
-  experiment.train_and_evaluate(tiny_config(), path)
-  return path
+@pytest.fixture
+def workdir(digits_run):
+  """The shared run: 2 steps, checkpoints at steps 1 and 2; read only."""
+  return digits_run
 
 
 def _snapshot(path):

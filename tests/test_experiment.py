@@ -2,8 +2,10 @@
 SIGTERM, the NaN stop, 1 vs 8 devices, and one step on mock ImageNet.
 
 Every test that trains is marked slow: each compiles a model, which takes XLA
-20-60 s on 2 CPU cores (the persistent cache below shares compilations
-between tests that build the same step).
+10-30 s on 2 CPU cores (the session's persistent compilation cache, see
+conftest.py, shares compilations between tests that build the same step).
+The runs use the shallow twin of NFNet-F0 (tests/shallow.py) except where a
+fresh process must find the model by its published name.
 """
 import functools
 import json
@@ -23,32 +25,26 @@ from nfnets import configs
 from nfnets import data
 from nfnets import experiment
 from nfnets import train_state as ts
+from tests import shallow
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True, scope='module')
-def _compilation_cache(tmp_path_factory):
-  # Most tests build the same tiny model; with a persistent cache every
-  # compilation after the first is a lookup.
-  values = {'jax_compilation_cache_dir': str(tmp_path_factory.mktemp('jit')),
-            'jax_persistent_cache_min_compile_time_secs': 0.0,
-            'jax_persistent_cache_min_entry_size_bytes': 0}
-  old = {name: getattr(jax.config, name) for name in values}
-  for name, value in values.items():
-    jax.config.update(name, value)
-  yield values['jax_compilation_cache_dir']
-  for name, value in old.items():
-    jax.config.update(name, value)
+def shallow_f0():
+  """The registry name of NFNet-F0's shallow twin, registered for the module."""
+  with shallow.registered('nfnet_f0') as (name,):
+    yield name
 
 
 def tiny_config(num_steps: int = 6) -> ml_collections.ConfigDict:
-  """NFNet-F0 at 1/16 width on 16 px digits, batch 8.
+  """NFNet-F0's shallow twin at 1/16 width on 16 px digits, batch 8.
 
   One dense 3x3 conv per block (instead of two grouped ones) roughly
   quarters XLA's compile time on CPU, which dominates these tests.
   """
   config = configs.digits_config()
+  config.model.name = 'nfnet_f0' + shallow.SUFFIX
   config.model.kwargs.width = 0.0625
   config.model.kwargs.group_size = 4096
   config.model.kwargs.use_two_convs = False
@@ -148,9 +144,10 @@ def test_train_step_loss_ema_and_learning():
   np.testing.assert_allclose(float(metrics['loss']), want, rtol=1e-5)
   assert int(new.step) == 1
   # The EMA at t=0 uses decay min(d, 1/10): ema = 0.1 * old + 0.9 * new.
-  for old, p, e in zip(jax.tree.leaves(state.params),
-                       jax.tree.leaves(new.params),
-                       jax.tree.leaves(new.ema_params)):
+  # (In NumPy: eager jax arithmetic would compile once per parameter shape.)
+  leaves = jax.device_get([jax.tree.leaves(t) for t in (
+      state.params, new.params, new.ema_params)])
+  for old, p, e in zip(*leaves):
     np.testing.assert_allclose(e, 0.1 * old + 0.9 * p, rtol=1e-5, atol=1e-7)
   assert any(not np.array_equal(a, b) for a, b in zip(
       jax.tree.leaves(state.params), jax.tree.leaves(new.params)))
@@ -284,13 +281,15 @@ _RUN_WITH_DEVICES = '''
 import json, sys
 import ml_collections
 from nfnets import experiment
+from tests import shallow
+shallow.register('nfnet_f0')
 config = ml_collections.ConfigDict(json.loads(sys.argv[1]))
 experiment.train_and_evaluate(config, sys.argv[2])
 '''
 
 
 @pytest.mark.slow
-def test_one_and_eight_devices_train_the_same(tmp_path, _compilation_cache):
+def test_one_and_eight_devices_train_the_same(tmp_path):
   config = tiny_config(num_steps=2)
   config.training.batch_size = 16
   config.training.log_every = 1
@@ -315,9 +314,9 @@ def test_one_and_eight_devices_train_the_same(tmp_path, _compilation_cache):
 
 
 @pytest.mark.slow
-def test_one_step_on_mock_imagenet(tmp_path):
+def test_one_step_on_mock_imagenet(tmp_path, shallow_f0):
   tfds = pytest.importorskip('tensorflow_datasets')
-  config = configs.nfnet_config('nfnet_f0')
+  config = configs.nfnet_config(shallow_f0)
   config.model.kwargs.width = 0.0625
   config.model.kwargs.group_size = 4096
   config.model.kwargs.use_two_convs = False
@@ -338,18 +337,21 @@ def test_one_step_on_mock_imagenet(tmp_path):
 
 
 @pytest.mark.slow
-def test_command_line_default_config_from_another_directory(tmp_path):
+def test_command_line_default_config_from_another_directory(
+    tmp_path, digits_run, digits_run_flags, compilation_cache_env):
+  # The flags make the session's shared run (2 steps of NFNet-F0 at 1/16
+  # width on 16 px digits), whose compiled steps the subprocess finds in the
+  # session's compilation cache.
+  del digits_run
   workdir = tmp_path / 'run'
   result = subprocess.run(
       [sys.executable, '-m', 'nfnets.experiment', f'--workdir={workdir}',
-       '--config.training.num_steps=3', '--config.training.log_every=1',
-       '--config.model.kwargs.width=0.0625', '--config.data.image_size=16',
-       '--config.data.eval_image_size=16', '--config.optimizer.warmup_steps=1',
+       *digits_run_flags, '--config.training.log_every=1',
        '--config.checkpoint.every_steps=0', '--config.eval.every_steps=0'],
       cwd=tmp_path, capture_output=True, text=True,
-      env=dict(os.environ, PYTHONPATH=str(REPO)))
+      env=dict(os.environ, PYTHONPATH=str(REPO), **compilation_cache_env))
   assert result.returncode == 0, result.stderr[-3000:]
-  assert 'step 3/3' in result.stderr and 'ETA' in result.stderr
+  assert 'step 2/2' in result.stderr and 'ETA' in result.stderr
   assert ts.load_config(workdir).data.dataset == 'digits'
   records = (workdir / 'metrics.jsonl').read_text().splitlines()
-  assert [json.loads(l)['step'] for l in records] == [1, 2, 3, 3]
+  assert [json.loads(l)['step'] for l in records] == [1, 2, 2]

@@ -6,23 +6,23 @@ import nbclient
 import nbformat
 import pytest
 
-from nfnets import configs
-from nfnets import experiment
-
-pytestmark = pytest.mark.slow  # Trains a tiny model, then runs the notebook.
+# Needs the session's tiny trained run (`digits_run` in conftest.py), then
+# runs the notebook in a fresh kernel.
+pytestmark = pytest.mark.slow
 
 _NOTEBOOK = (pathlib.Path(__file__).parent.parent / 'notebooks' /
              'evaluate_checkpoint.ipynb')
 
 
-def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
-  config = configs.digits_config('runlocal')
-  config.training.num_steps = 2
-  config.checkpoint.every_steps = 2
-  workdir = tmp_path / 'digits'
-  experiment.train_and_evaluate(config, workdir)
+def test_notebook_runs_top_to_bottom(digits_run, compilation_cache_env,
+                                     monkeypatch):
+  workdir = digits_run
   notebook = nbformat.read(_NOTEBOOK, as_version=4)
   monkeypatch.setenv('NFNETS_WORKDIR', str(workdir))
+  # The kernel shares the session's compilation cache: evaluating the shared
+  # run compiles what the evaluation tests compiled.
+  for name, value in compilation_cache_env.items():
+    monkeypatch.setenv(name, value)
   client = nbclient.NotebookClient(
       notebook, timeout=600, kernel_name='python3',
       resources={'metadata': {'path': str(_NOTEBOOK.parent)}})
