@@ -1,6 +1,9 @@
 """Fixtures shared by the test modules.
 
 XLA's compile time dominates the tests of tiny models on CPU, so:
+- XLA compiles without LLVM's optimizations (optimization level 0 in
+  XLA_FLAGS, which subprocesses inherit): they take most of its compile time
+  and buy these tiny programs little;
 - every compilation that takes a second or more goes to a persistent cache
   shared by the pytest-xdist workers of a session: a program that several
   tests build (the runner's steps on the same config, the evaluation of the
@@ -29,6 +32,7 @@ from nfnets import experiment
 from tests import shallow
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+_NO_LLVM_OPT = '--xla_backend_optimization_level=0'
 # How long a worker waits for another one to build a shared fixture.
 _SHARED_TIMEOUT_S = 1200
 # The shared run: the default config (NFNet-F0 on digits) with these
@@ -37,6 +41,12 @@ DIGITS_RUN_FLAGS = (
     '--config.training.num_steps=2', '--config.model.kwargs.width=0.0625',
     '--config.data.image_size=16', '--config.data.eval_image_size=16',
     '--config.optimizer.warmup_steps=1')
+
+
+# Before any test starts XLA's backend, which reads XLA_FLAGS once.
+if '--xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = ' '.join(
+      filter(None, [os.environ.get('XLA_FLAGS'), _NO_LLVM_OPT]))
 
 
 def session_root(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:

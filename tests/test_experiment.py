@@ -296,9 +296,11 @@ def test_one_and_eight_devices_train_the_same(tmp_path):
   runs = {}
   for devices in (1, 8):
     workdir = tmp_path / str(devices)
-    env = dict(os.environ, XLA_FLAGS=(
-        f'--xla_force_host_platform_device_count={devices}'),
-               JAX_PLATFORMS='cpu')
+    # Both runs keep the session's other XLA flags (see conftest.py).
+    xla_flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
+                 if not f.startswith('--xla_force_host_platform_device_count')]
+    xla_flags.append(f'--xla_force_host_platform_device_count={devices}')
+    env = dict(os.environ, XLA_FLAGS=' '.join(xla_flags), JAX_PLATFORMS='cpu')
     subprocess.run(
         [sys.executable, '-c', _RUN_WITH_DEVICES,
          json.dumps(ts.config_to_dict(config)), str(workdir)],
