@@ -41,6 +41,8 @@ _TABLES = {
 def _add(patch: pytest.MonkeyPatch, name: str, depth: tuple[int, ...]) -> str:
   shallow = name + SUFFIX
   if shallow in registry.list_models():
+    if registry.get_spec(shallow)['depth'] != depth:
+      raise ValueError(f'{shallow} is registered with another depth.')
     return shallow
   entry = registry.get_entry(name)
   table = _TABLES[entry.module]
@@ -51,7 +53,9 @@ def _add(patch: pytest.MonkeyPatch, name: str, depth: tuple[int, ...]) -> str:
   spec = {k: v for k, v in entry.spec.items()
           if k not in ('params_m', 'gflops')}
   spec['depth'] = depth
-  patch.setitem(registry._REGISTRY, shallow, registry.ModelEntry(  # pylint: disable=protected-access
+  # Set on the registry's table itself: it has no way to remove an entry.
+  entries = registry._REGISTRY  # pylint: disable=protected-access
+  patch.setitem(entries, shallow, registry.ModelEntry(
       shallow, entry.module, {**entry.kwargs, 'variant': variant + SUFFIX},
       spec))
   return shallow
