@@ -196,6 +196,8 @@ def machine_description() -> dict[str, Any]:
       'processor': platform.processor() or platform.machine(),
       'jax': jax.__version__,
       'haiku': hk.__version__,
+      # Scheduler and backend flags change both time and memory figures.
+      'xla_flags': os.environ.get('XLA_FLAGS', '').strip(),
   }
 
 
