@@ -185,6 +185,19 @@ def peak_memory_bytes() -> tuple[Optional[int], str]:
   return int(kb * scale), 'process_peak_rss'
 
 
+def _cpu_model() -> str:
+  # CPU figures differ by 2x and more between x86 server models of the same
+  # core count, so the record names the model where Linux reports it.
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
 def machine_description() -> dict[str, Any]:
   """Backend, device kind and count, CPU count and library versions."""
   device = jax.devices()[0]
@@ -194,6 +207,7 @@ def machine_description() -> dict[str, Any]:
       'device_count': jax.device_count(),
       'cpu_count': os.cpu_count(),
       'processor': platform.processor() or platform.machine(),
+      'cpu_model': _cpu_model(),
       'jax': jax.__version__,
       'haiku': hk.__version__,
       # Scheduler and backend flags change both time and memory figures.

@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
       print(f'{rec["model"]} / {rec["compare_to"]} batch time: '
             f'{rec["step_time_ratio"]:.3f}')
   print(f'backend {machine["backend"]} ({machine["device_kind"]}), '
-        f'{machine["cpu_count"]} CPUs, jax {machine["jax"]}')
+        f'{machine["cpu_count"]} CPUs ({machine["cpu_model"]}), jax {machine["jax"]}')
   return records
 
 

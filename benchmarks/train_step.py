@@ -223,7 +223,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
       print(f'{rec["model"]} / {rec["compare_to"]} step time: '
             f'{rec["step_time_ratio"]:.3f}')
   print(f'backend {machine["backend"]} ({machine["device_kind"]}), '
-        f'{machine["cpu_count"]} CPUs, jax {machine["jax"]}; '
+        f'{machine["cpu_count"]} CPUs ({machine["cpu_model"]}), jax {machine["jax"]}; '
         f'compiled once per config: '
         f'{all(rec["trace_count"] == 1 for rec in records)}')
   return records
