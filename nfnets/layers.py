@@ -143,7 +143,7 @@ def standardize_weight(w: jax.Array, gain: jax.Array,
   return w * scale - mean * scale
 
 
-GROUPED_CONV_IMPLS = ('auto', 'native', 'split', 'im2col')
+GROUPED_CONV_IMPLS = ('auto', 'native', 'split', 'im2col', 'matmul')
 # Above this many groups, 'auto' on CPU uses 'im2col' rather than one
 # convolution per group: the per-group graph grows with the group count and so
 # does its compile time, while im2col stays one batched matmul.
@@ -199,6 +199,34 @@ def _im2col_conv(x, w, stride, padding, rate, groups):
   return out.reshape(n, ho, wo, cout)
 
 
+def _is_pointwise(kernel_shape, padding, groups: int) -> bool:
+  """Whether the convolution is a 1x1 dense one that pads nothing."""
+  return (tuple(kernel_shape[:2]) == (1, 1) and groups == 1
+          and isinstance(padding, str))
+
+
+def _matmul_conv(x, w, stride, padding, rate, groups):
+  """A 1x1 dense convolution as one matmul over the flattened pixels.
+
+  With a 1x1 kernel, "SAME" and "VALID" pad nothing at any stride (TF pads
+  max((out - 1) * s + 1 - in, 0) = 0), so a strided 1x1 convolution is the
+  strided subsample of its input times the [I, O] kernel; dilation does not
+  apply. The weight gradient is then one [I, NHW] x [NHW, O] matmul, which
+  XLA's CPU backend runs several times faster than the equivalent
+  kernel-gradient convolution.
+  """
+  del rate
+  if not _is_pointwise(w.shape, padding, groups):
+    raise ValueError('The matmul formulation takes 1x1 kernels without groups '
+                     f'or explicit padding; got kernel {w.shape}, '
+                     f'{groups} groups.')
+  if stride != (1, 1):
+    x = x[:, ::stride[0], ::stride[1], :]
+  n, h, wd, c = x.shape
+  out = jnp.dot(x.reshape(n * h * wd, c), w.reshape(c, w.shape[-1]))
+  return out.reshape(n, h, wd, w.shape[-1])
+
+
 def grouped_conv2d(inputs: jax.Array, kernel: jax.Array, *,
                    stride: Sequence[int] = (1, 1),
                    padding: Union[str, Sequence[tuple[int, int]]] = 'SAME',
@@ -221,8 +249,11 @@ def grouped_conv2d(inputs: jax.Array, kernel: jax.Array, *,
     feature_group_count: number of groups G.
     impl: 'native' (one grouped XLA convolution), 'split' (one dense
       convolution per group, concatenated), 'im2col' (patches and a batched
-      matmul), or 'auto': native on accelerators and for G = 1; when the
-      default backend is CPU, split for up to 16 groups and im2col beyond.
+      matmul), 'matmul' (1x1 dense convolutions only: one matmul over the
+      pixels), or 'auto': native on accelerators; when the default backend is
+      CPU, matmul for 1x1 dense convolutions with string padding, native for
+      other dense ones, split for up to 16 groups and im2col beyond. The
+      explicit 'split' and 'im2col' leave dense (G = 1) convolutions native.
 
   Returns:
     [N, H', W', O].
@@ -232,20 +263,56 @@ def grouped_conv2d(inputs: jax.Array, kernel: jax.Array, *,
   stride, rate = tuple(stride), tuple(rate)
   groups = feature_group_count
   args = (stride, padding, rate, groups)
+  if impl == 'matmul':
+    return _matmul_conv(inputs, kernel, *args)
+  # Chosen at trace time from the default backend rather than with
+  # `lax.platform_dependent`, whose cond would carry every formulation in the
+  # jaxpr (and double the convolutions any jaxpr-walking cost count sees).
+  on_cpu = jax.default_backend() == 'cpu'
+  if (impl == 'auto' and on_cpu
+      and _is_pointwise(kernel.shape, padding, groups)):
+    return _matmul_conv(inputs, kernel, *args)
   if groups == 1 or impl == 'native':
     return _conv(inputs, kernel, *args)
   if impl == 'split':
     return _split_conv(inputs, kernel, *args)
   if impl == 'im2col':
     return _im2col_conv(inputs, kernel, *args)
-  # Chosen at trace time from the default backend rather than with
-  # `lax.platform_dependent`, whose cond would carry every formulation in the
-  # jaxpr (and double the convolutions any jaxpr-walking cost count sees).
-  if jax.default_backend() != 'cpu':
+  if not on_cpu:
     return _conv(inputs, kernel, *args)
   if groups <= _MAX_SPLIT_GROUPS:
     return _split_conv(inputs, kernel, *args)
   return _im2col_conv(inputs, kernel, *args)
+
+
+class Conv2D(hk.Conv2D):
+  """`hk.Conv2D` (NHWC, same parameters and initialisers) on `grouped_conv2d`.
+
+  Lets the normalized baselines run their convolutions in the formulation the
+  NF models use on each backend, so that comparisons measure normalization
+  rather than how XLA executes a convolution. Masks and `lhs_dilation` are not
+  supported.
+  """
+
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    """Applies the convolution to NHWC `inputs` [N, H, W, I]; returns NHWC."""
+    if self.mask is not None or self.data_format != 'NHWC':
+      raise ValueError('layers.Conv2D takes NHWC inputs and no mask.')
+    w_shape = tuple(self.kernel_shape) + (
+        inputs.shape[-1] // self.feature_group_count, self.output_channels)
+    w_init = self.w_init
+    if w_init is None:
+      # hk.Conv2D's default.
+      w_init = hk.initializers.TruncatedNormal(
+          stddev=1.0 / np.sqrt(np.prod(w_shape[:-1])))
+    w = hk.get_parameter('w', w_shape, inputs.dtype, init=w_init)
+    out = grouped_conv2d(inputs, w, stride=self.stride, padding=self.padding,
+                         rate=self.kernel_dilation,
+                         feature_group_count=self.feature_group_count)
+    if self.with_bias:
+      out = out + hk.get_parameter('b', (self.output_channels,), inputs.dtype,
+                                   init=self.b_init)
+    return out
 
 
 class WSConv2D(hk.Conv2D):

@@ -92,6 +92,90 @@ def test_grouped_conv_gradients_agree(cin, cout, groups, k, stride, padding,
       np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4 * scale)
 
 
+_POINTWISE_CASES = [
+    # (channels in, channels out, stride, padding, size)
+    (6, 10, 1, 'SAME', 7),
+    (6, 10, 2, 'SAME', 7),
+    (6, 10, 2, 'VALID', 8),
+    (5, 7, 3, 'SAME', 10),
+]
+
+
+@pytest.mark.parametrize('cin,cout,stride,padding,size', _POINTWISE_CASES)
+def test_matmul_pointwise_conv_matches_numpy_and_native_gradients(
+    cin, cout, stride, padding, size):
+  kx, kw, kt = jax.random.split(jax.random.PRNGKey(3), 3)
+  x = jax.random.normal(kx, (2, size, size, cin))
+  w = jax.random.normal(kw, (1, 1, cin, cout))
+  conv = functools.partial(layers.grouped_conv2d, stride=(stride, stride),
+                           padding=padding)
+  expected = _numpy_grouped_conv(np.asarray(x, np.float64),
+                                 np.asarray(w, np.float64), stride,
+                                 [(0, 0), (0, 0)], 1)
+  got = conv(x, w, impl='matmul')
+  np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-5)
+
+  def loss(impl, x, w):
+    y = conv(x, w, impl=impl)
+    return jnp.sum(jnp.sin(y) * jax.random.normal(kt, y.shape))
+
+  grads = {impl: jax.grad(functools.partial(loss, impl), argnums=(0, 1))(x, w)
+           for impl in ('native', 'matmul')}
+  for got, ref in zip(grads['matmul'], grads['native']):
+    np.testing.assert_allclose(got, ref, rtol=0,
+                               atol=1e-5 * float(jnp.max(jnp.abs(ref))))
+
+
+def _primitives(fn, *args):
+  return {eqn.primitive.name for eqn in jax.make_jaxpr(fn)(*args).eqns}
+
+
+def test_auto_runs_dense_pointwise_convs_as_matmuls_on_cpu():
+  assert jax.default_backend() == 'cpu'
+  x = jnp.ones((1, 6, 6, 4))
+  auto = functools.partial(layers.grouped_conv2d, impl='auto')
+  pointwise = _primitives(auto, x, jnp.ones((1, 1, 4, 8)))
+  assert 'dot_general' in pointwise
+  assert 'conv_general_dilated' not in pointwise
+  # A 3x3 kernel, explicit padding or groups keep a convolution.
+  assert 'conv_general_dilated' in _primitives(auto, x, jnp.ones((3, 3, 4, 8)))
+  padded = functools.partial(auto, padding=((0, 0), (0, 0)))
+  assert 'conv_general_dilated' in _primitives(padded, x,
+                                                jnp.ones((1, 1, 4, 8)))
+  grouped = functools.partial(auto, feature_group_count=2)
+  assert 'dot_general' not in _primitives(grouped, x, jnp.ones((1, 1, 2, 8)))
+
+
+def test_matmul_impl_rejects_other_kernels():
+  with pytest.raises(ValueError, match='1x1'):
+    layers.grouped_conv2d(jnp.ones((1, 4, 4, 4)), jnp.ones((3, 3, 4, 4)),
+                          impl='matmul')
+
+
+@pytest.mark.parametrize('kernel,stride,with_bias', [(1, 1, True),
+                                                     (1, 2, False),
+                                                     (7, 2, False),
+                                                     (3, 1, True)])
+def test_baseline_conv_equals_haiku_conv(kernel, stride, with_bias):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 9, 3))
+
+  def apply(cls):
+    fwd = hk.transform(lambda x: cls(5, kernel, stride=stride,
+                                     with_bias=with_bias, name='conv')(x))
+    return fwd
+
+  ours, theirs = apply(layers.Conv2D), apply(hk.Conv2D)
+  params = theirs.init(jax.random.PRNGKey(1), x)
+  if with_bias:
+    params = {'conv': {**params['conv'], 'b': jnp.arange(5.0)}}
+  ours_params = ours.init(jax.random.PRNGKey(1), x)
+  assert jax.tree_util.tree_map(jnp.shape, ours_params) == (
+      jax.tree_util.tree_map(jnp.shape, params))
+  np.testing.assert_allclose(ours.apply(params, None, x),
+                             theirs.apply(params, None, x),
+                             rtol=1e-5, atol=1e-5)
+
+
 def test_grouped_conv_rejects_unknown_impl():
   with pytest.raises(ValueError, match='impl'):
     layers.grouped_conv2d(jnp.ones((1, 4, 4, 4)), jnp.ones((3, 3, 2, 4)),

@@ -64,7 +64,7 @@ _HE_INIT = hk.initializers.VarianceScaling(2.0, 'fan_in', 'normal')
 Norm = Callable[[jax.Array, bool], jax.Array]
 
 
-class HeConv2D(hk.Conv2D):
+class HeConv2D(layers.Conv2D):
   """Plain 2-D convolution with bias and a fan-in variance-scaling init.
 
   `w` [kh, kw, I, O] ~ N(0, scale / fan_in), `b` [O] zeros. He et al. (2015)
@@ -184,7 +184,7 @@ class ResBlock(hk.Module):
     self.ordering = ordering
     self.activation = activation
     width = common.scaled_channels(out_ch, bottleneck_ratio)
-    conv = lambda ch, k, s, n: hk.Conv2D(  # pylint: disable=g-long-lambda
+    conv = lambda ch, k, s, n: layers.Conv2D(  # pylint: disable=g-long-lambda
         ch, kernel_shape=k, stride=s, with_bias=False, w_init=_HE_INIT,
         name=n)
     self.conv0 = conv(width, 1, 1, 'conv0')
@@ -265,9 +265,9 @@ class ResNet(hk.Module):
     self.activation = layers.raw_activation(activation)
     self.drop_rate = spec.drop_rate if drop_rate is None else drop_rate
     ch = common.scaled_channels(_STEM_WIDTH, width)
-    self.initial_conv = hk.Conv2D(ch, kernel_shape=7, stride=2,
-                                  with_bias=False, w_init=_HE_INIT,
-                                  name='initial_conv')
+    self.initial_conv = layers.Conv2D(ch, kernel_shape=7, stride=2,
+                                      with_bias=False, w_init=_HE_INIT,
+                                      name='initial_conv')
     mk = lambda c, n: _make_norm(norm, c, groups, n, bn_decay)
     # Post-activation normalizes the stem; pre-activation leaves that to the
     # first block and normalizes the last block's output instead ([PreAct]).
