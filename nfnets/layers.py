@@ -135,12 +135,35 @@ def standardize_weight(w: jax.Array, gain: jax.Array,
     The standardized kernel, same shape and dtype as `w`.
   """
   axes = tuple(range(w.ndim - 1))
-  fan_in = np.prod(w.shape[:-1])
+  fan_in = int(np.prod(w.shape[:-1]))
+  if jax.default_backend() == 'cpu':
+    return _standardize_by_dots(w, gain, eps, fan_in)
   mean = jnp.mean(w, axis=axes, keepdims=True)
   var = jnp.var(w, axis=axes, keepdims=True)
   scale = jax.lax.rsqrt(jnp.maximum(var * fan_in, eps)) * gain
   # Fused form of (w - mean) * scale: one multiply-add over the kernel.
   return w * scale - mean * scale
+
+
+def _standardize_by_dots(w: jax.Array, gain: jax.Array, eps: float,
+                         fan_in: int) -> jax.Array:
+  """`standardize_weight` with its fan-in sums written as vector-matrix dots.
+
+  The same two-pass moments (mean, then the mean square of the centred
+  kernel). XLA's CPU backend reduces a [fan_in, O] kernel over its major axis
+  slowly, above all in the backward pass (about 10x slower than these dots
+  for a 1536 x 3072 kernel), and the backward pass of the sums written as
+  dots is outer products rather than reductions.
+  """
+  # Moments in float32 whatever the compute dtype, as jnp.mean and jnp.var
+  # accumulate.
+  w2 = w.reshape(fan_in, w.shape[-1]).astype(jnp.float32)
+  ones = jnp.full((fan_in,), 1.0 / fan_in, jnp.float32)
+  dot = functools.partial(jnp.dot, precision=jax.lax.Precision.HIGHEST)
+  centred = w2 - dot(ones, w2)
+  var = dot(ones, centred * centred)
+  scale = jax.lax.rsqrt(jnp.maximum(var * fan_in, eps)) * gain
+  return (centred * scale).reshape(w.shape).astype(w.dtype)
 
 
 GROUPED_CONV_IMPLS = ('auto', 'native', 'split', 'im2col', 'matmul')

@@ -32,6 +32,41 @@ def test_standardized_weight_has_zero_mean_and_fan_in_variance(shape):
   np.testing.assert_allclose(flat, ref, rtol=1e-4, atol=1e-6)
 
 
+def test_standardize_gradients_match_the_mean_and_var_formula():
+  # The CPU path takes its moments with dots; its gradients must equal those
+  # of the textbook jnp.mean / jnp.var formula (the accelerator path).
+  kw, kg, kt = jax.random.split(jax.random.PRNGKey(0), 3)
+  w = 0.3 + jax.random.normal(kw, (3, 3, 6, 10))
+  gain = 1.0 + 0.1 * jax.random.normal(kg, (10,))
+  target = jax.random.normal(kt, w.shape)
+
+  def reference(w, gain):
+    mean = jnp.mean(w, axis=(0, 1, 2))
+    var = jnp.var(w, axis=(0, 1, 2))
+    return (w - mean) * jax.lax.rsqrt(jnp.maximum(var * 54, 1e-4)) * gain
+
+  def loss(fn, w, gain):
+    return jnp.sum(jnp.sin(fn(w, gain)) * target)
+
+  got = jax.grad(lambda *a: loss(layers.standardize_weight, *a), (0, 1))(
+      w, gain)
+  ref = jax.grad(lambda *a: loss(reference, *a), (0, 1))(w, gain)
+  for g, r in zip(got, ref):
+    np.testing.assert_allclose(g, r, rtol=1e-4,
+                               atol=1e-5 * float(jnp.max(jnp.abs(r))))
+
+
+def test_standardize_bfloat16_keeps_dtype_and_float32_moments():
+  w = jax.random.normal(jax.random.PRNGKey(0), (1, 1, 512, 8)) + 2.0
+  gain = jnp.ones(8)
+  out = layers.standardize_weight(w.astype(jnp.bfloat16), gain)
+  assert out.dtype == jnp.bfloat16
+  ref = layers.standardize_weight(w.astype(jnp.bfloat16).astype(jnp.float32),
+                                  gain)
+  np.testing.assert_allclose(np.asarray(out, np.float32), ref,
+                             atol=float(jnp.max(jnp.abs(ref))) * 1e-2)
+
+
 def test_standardize_eps_is_a_floor_on_fan_in_times_variance():
   w = jnp.zeros((3, 3, 4, 2)).at[0, 0, 0, :].set(1e-5)
   gain = jnp.array([2.0, 3.0])
