@@ -7,6 +7,7 @@ train step compiling once. The models are the registered ones' shallow twins
 (tests/shallow.py): the same blocks, fewer of them, for less XLA compile time.
 """
 import functools
+import sys
 
 import haiku as hk
 import jax
@@ -310,3 +311,11 @@ def test_benchmark_train_step_compiles_once_and_learns(shallow_model):
   runner()
   leaf = jax.tree_util.tree_leaves(params)[0]
   assert leaf.is_deleted()
+
+
+def test_vs_pytorch_says_how_to_install_torch_when_missing(monkeypatch):
+  from benchmarks import vs_pytorch  # pylint: disable=g-import-not-at-top
+  # A None entry makes `import torch` raise ImportError even where installed.
+  monkeypatch.setitem(sys.modules, 'torch', None)
+  with pytest.raises(SystemExit, match='pip install torch timm'):
+    vs_pytorch._torch_step(2, 32, 1)  # pylint: disable=protected-access
