@@ -12,7 +12,6 @@ prints the medians and their ratio and appends one JSON line to
 """
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -92,9 +91,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f'(batch {args.batch}, {args.image_size} px, '
         f'{rec["machine"]["cpu_model"]})')
   if not args.no_save:
-    os.makedirs(os.path.dirname(args.results), exist_ok=True)
-    with open(args.results, 'a') as f:
-      f.write(json.dumps(rec, sort_keys=True) + '\n')
+    _common.append_result(args.results, rec)
   return rec
 
 
@@ -106,9 +103,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--warmup', type=int, default=2)
   p.add_argument('--threads', type=int, default=0,
                  help='PyTorch intra-op threads (default: all CPUs)')
-  p.add_argument('--results', default=os.path.join(
-      os.path.dirname(os.path.abspath(__file__)), 'results',
-      'vs_pytorch.jsonl'))
+  p.add_argument('--results',
+                 default=os.path.join(_common.RESULTS_DIR, 'vs_pytorch.jsonl'))
   p.add_argument('--no-save', action='store_true')
   return p.parse_args(argv)
 

@@ -79,11 +79,11 @@ def fold_weight_standardization(
     (model, params) for `model.apply(params, state, None, images,
     is_training=False)`.
   """
-  folded = layers.standardize_conv_params(params)
   has_ws = any(set(p) == {'w', 'gain', 'bias'} for p in params.values())
   if (not has_ws or 'conv' in config.model.kwargs
       or 'conv' not in models.accepted_overrides(config.model.name)):
     return model, params
+  folded = layers.standardize_conv_params(params)
   fast = _build_model(config, conv=layers.PrestandardizedConv2D)
   size = config.data.eval_image_size
   expected, _ = jax.eval_shape(lambda: fast.init(

@@ -134,10 +134,10 @@ def standardize_weight(w: jax.Array, gain: jax.Array,
   Returns:
     The standardized kernel, same shape and dtype as `w`.
   """
-  axes = tuple(range(w.ndim - 1))
   fan_in = int(np.prod(w.shape[:-1]))
   if jax.default_backend() == 'cpu':
     return _standardize_by_dots(w, gain, eps, fan_in)
+  axes = tuple(range(w.ndim - 1))
   mean = jnp.mean(w, axis=axes, keepdims=True)
   var = jnp.var(w, axis=axes, keepdims=True)
   scale = jax.lax.rsqrt(jnp.maximum(var * fan_in, eps)) * gain

@@ -2,21 +2,8 @@
 import jax
 import numpy as np
 
-from nfnets import configs
 from nfnets import experiment
-
-
-def _tiny_config():
-  config = configs.digits_config('runlocal')
-  config.model.kwargs.width = 0.0625
-  config.data.image_size = config.data.eval_image_size = 16
-  config.data.max_shift = 1
-  config.training.batch_size = 8
-  config.training.num_steps = 6
-  config.training.log_every = 3
-  config.eval.every_steps = 0
-  config.checkpoint.every_steps = 0
-  return config
+from tests.test_experiment import tiny_config
 
 
 def _implicit_transfer(*args, **kwargs):
@@ -24,7 +11,10 @@ def _implicit_transfer(*args, **kwargs):
 
 
 def test_train_step_compiles_once_and_the_loop_makes_no_implicit_transfers(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch, shallow_model):
+  shallow_model('nfnet_f0')
+  config = tiny_config(num_steps=6)
+  config.training.log_every = 3
   traces = []
   donated = []
   make = experiment.make_train_step
@@ -55,7 +45,7 @@ def test_train_step_compiles_once_and_the_loop_makes_no_implicit_transfers(
   for method in ('__float__', '__int__', '__bool__', '__index__', 'item',
                  'tolist'):
     monkeypatch.setattr(array_type, method, _implicit_transfer)
-  metrics = experiment.train_and_evaluate(_tiny_config(), tmp_path)
+  metrics = experiment.train_and_evaluate(config, tmp_path)
   monkeypatch.undo()
   assert metrics['step'] == 6
   assert np.isfinite(metrics['train/loss'])
