@@ -212,6 +212,8 @@ def machine_description() -> dict[str, Any]:
       'haiku': hk.__version__,
       # Scheduler and backend flags change both time and memory figures.
       'xla_flags': os.environ.get('XLA_FLAGS', '').strip(),
+      # malloc's huge-page advice changes CPU step times (nfnets.host).
+      'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
   }
 
 
@@ -224,6 +226,15 @@ def summarize(times: Sequence[float], batch_size: int) -> dict[str, float]:
       'step_s_max': max(times),
       'images_per_s': batch_size / median,
   }
+
+
+def minor_page_faults() -> int:
+  """Minor page faults this process has taken so far (0 where unknown)."""
+  try:
+    import resource  # pylint: disable=g-import-not-at-top
+  except ImportError:  # Not on Windows.
+    return 0
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def append_result(path: str, record: dict[str, Any]) -> None:

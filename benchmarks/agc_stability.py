@@ -42,6 +42,7 @@ if __package__ in (None, ''):
 
 # pylint: disable=g-import-not-at-top
 from nfnets import data
+from nfnets import host
 from nfnets import models
 from nfnets import optim
 
@@ -252,4 +253,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
+  host.reexec_with_huge_pages()
   main(sys.argv[1:])

@@ -26,8 +26,10 @@ if __package__ in (None, ''):
   from benchmarks import _common  # pylint: disable=g-import-not-at-top
 else:
   from benchmarks import _common  # pylint: disable=g-import-not-at-top
+from nfnets import host  # pylint: disable=g-import-not-at-top
 
 if __name__ == '__main__':
+  host.reexec_with_huge_pages()
   _common.set_host_device_count(sys.argv)
 
 # pylint: disable=g-import-not-at-top,g-bad-import-order

@@ -35,11 +35,14 @@ if __package__ in (None, ''):
   from benchmarks import _common  # pylint: disable=g-import-not-at-top
 else:
   from benchmarks import _common  # pylint: disable=g-import-not-at-top
+from nfnets import host  # pylint: disable=g-import-not-at-top
 
 if __name__ == '__main__':
+  host.reexec_with_huge_pages()
   _common.set_host_device_count(sys.argv)
 
 # pylint: disable=g-import-not-at-top,g-bad-import-order
+import statistics
 import time
 from typing import Any, Callable, Optional
 
@@ -195,19 +198,25 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
   # Interleaved: every step runs each configuration once, so slow drift in
   # machine load affects all of them alike.
   times: list[list[float]] = [[] for _ in runners]
+  faults: list[list[int]] = [[] for _ in runners]
   for _ in range(args.steps):
     for i, r in enumerate(runners):
+      faults_before = _common.minor_page_faults()
       start = time.perf_counter()
       r()
       times[i].append(time.perf_counter() - start)
+      faults[i].append(_common.minor_page_faults() - faults_before)
   machine = _common.machine_description()
   stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(
       timespec='seconds')
   commit = _git_commit()
   records = []
-  for r, t in zip(runners, times):
+  for r, t, f in zip(runners, times, faults):
     rec = r.record(t)
     rec.update(machine=machine, timestamp=stamp, commit=commit)
+    # Host page faults taken by a step: fresh 4 KiB pages for XLA's buffers
+    # cost kernel time on CPU (see nfnets.host).
+    rec['page_faults_per_step'] = int(statistics.median(f)) if f else 0
     records.append(rec)
   if args.compare:
     base = records[-1]
@@ -222,6 +231,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     if 'step_time_ratio' in rec:
       print(f'{rec["model"]} / {rec["compare_to"]} step time: '
             f'{rec["step_time_ratio"]:.3f}')
+  print('minor page faults per step: ' + ', '.join(
+      f'{rec["model"]} {rec["page_faults_per_step"]}' for rec in records) +
+        f' (GLIBC_TUNABLES={machine["glibc_tunables"] or "unset"})')
   print(f'backend {machine["backend"]} ({machine["device_kind"]}), '
         f'{machine["cpu_count"]} CPUs ({machine["cpu_model"]}), jax {machine["jax"]}; '
         f'compiled once per config: '

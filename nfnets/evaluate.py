@@ -484,4 +484,6 @@ def main(argv: Optional[Sequence[str]] = None) -> EvalResult:
 
 
 if __name__ == '__main__':
+  from nfnets import host  # pylint: disable=g-import-not-at-top
+  host.reexec_with_huge_pages()
   main()

@@ -15,6 +15,12 @@ layout of the work directory is described in `nfnets.train_state`.
 """
 from __future__ import annotations
 
+if __name__ == '__main__':
+  # Before the imports below, which a re-executed process would redo.
+  from nfnets import host  # pylint: disable=g-import-not-at-top
+  host.reexec_with_huge_pages()
+
+# pylint: disable=g-import-not-at-top,g-bad-import-order
 import functools
 import json
 import logging as pylogging

@@ -309,5 +309,7 @@ def _define_flags() -> None:
 
 if __name__ == '__main__':
   from absl import app  # pylint: disable=g-import-not-at-top
+  from nfnets import host  # pylint: disable=g-import-not-at-top
+  host.reexec_with_huge_pages()
   _define_flags()
   app.run(main)

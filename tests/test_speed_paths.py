@@ -11,6 +11,7 @@ import sys
 
 import haiku as hk
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -145,6 +146,101 @@ def test_auto_runs_dense_pointwise_convs_as_matmuls_on_cpu():
                                                 jnp.ones((1, 1, 4, 8)))
   grouped = functools.partial(auto, feature_group_count=2)
   assert 'dot_general' not in _primitives(grouped, x, jnp.ones((1, 1, 2, 8)))
+
+
+def _numpy_kernel_grad(x, dy, kernel_hw, stride, pads):
+  """dW[i, j] = sum over pixels of the (i, j)-shifted input times dy."""
+  x = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+  _, ho, wo, _ = dy.shape
+  grad = np.zeros(tuple(kernel_hw) + (x.shape[-1], dy.shape[-1]))
+  for i in range(kernel_hw[0]):
+    for j in range(kernel_hw[1]):
+      patch = x[:, i:i + (ho - 1) * stride[0] + 1:stride[0],
+                j:j + (wo - 1) * stride[1] + 1:stride[1], :]
+      grad[i, j] = np.einsum('nhwc,nhwo->co', patch, dy)
+  return grad
+
+
+_ROWS_CASES = [
+    # (kernel, stride, padding, input height, width)
+    ((3, 3), (1, 1), 'SAME', 9, 7),
+    ((3, 3), (2, 2), 'SAME', 9, 8),    # TF SAME pads more at the end.
+    ((3, 3), (2, 1), 'VALID', 10, 11),
+    ((1, 3), (1, 1), 'SAME', 8, 8),
+    ((3, 1), (1, 2), ((2, 0), (1, 3)), 8, 9),
+    ((5, 5), (2, 2), 'SAME', 12, 12),
+    ((3, 3), (3, 3), ((1, 1), (1, 1)), 6, 6),
+]
+
+
+@pytest.mark.parametrize('kernel_hw,stride,padding,height,width', _ROWS_CASES)
+def test_row_kernel_gradient_matches_numpy_and_native(kernel_hw, stride,
+                                                      padding, height, width):
+  kx, kw, kt = jax.random.split(jax.random.PRNGKey(5), 3)
+  x = jax.random.normal(kx, (2, height, width, 16))
+  w = jax.random.normal(kw, tuple(kernel_hw) + (16, 6))
+  native = functools.partial(layers.grouped_conv2d, stride=stride,
+                             padding=padding, impl='native')
+  dy = jax.random.normal(kt, native(x, w).shape)
+  pads = layers._explicit_pads((height, width), kernel_hw, stride, padding)  # pylint: disable=protected-access
+  expected = _numpy_kernel_grad(np.asarray(x, np.float64),
+                                np.asarray(dy, np.float64), kernel_hw, stride,
+                                pads)
+  got = layers._kernel_grad_by_rows(x, dy, kernel_hw, stride, padding)  # pylint: disable=protected-access
+  np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5,
+                             atol=1e-5 * np.abs(expected).max())
+
+  # Through the custom VJP: the same forward, XLA's input gradient, and the
+  # row kernel gradient, against XLA's own gradients.
+  rows = lambda x, w: layers._dense_conv_cpu(x, w, stride, padding, (1, 1))  # pylint: disable=protected-access
+  np.testing.assert_array_equal(rows(x, w), native(x, w))
+
+  def loss(conv, x, w):
+    return jnp.sum(jnp.sin(conv(x, w)) * dy)
+
+  ref = jax.grad(functools.partial(loss, native), argnums=(0, 1))(x, w)
+  new = jax.grad(functools.partial(loss, rows), argnums=(0, 1))(x, w)
+  for got, want in zip(new, ref):
+    np.testing.assert_allclose(got, want, rtol=0,
+                               atol=1e-5 * float(jnp.max(jnp.abs(want))))
+
+
+def _has_1d_conv(fn, *args) -> bool:
+  jaxpr = jax.make_jaxpr(fn)(*args)
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if (eqn.primitive.name == 'conv_general_dilated'
+          and eqn.invars[0].aval.ndim == 3):
+        return True
+      for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        if walk(sub):
+          return True
+    return False
+
+  return walk(jaxpr.jaxpr)
+
+
+def test_auto_takes_spatial_kernel_gradients_by_rows_on_cpu():
+  assert jax.default_backend() == 'cpu'
+  x = jnp.ones((2, 6, 6, 32))
+
+  def kernel_grad(impl, groups, x, w):
+    return jax.grad(lambda w: jnp.sum(layers.grouped_conv2d(
+        x, w, feature_group_count=groups, impl=impl)))(w)
+
+  dense = jnp.ones((3, 3, 32, 8))
+  assert _has_1d_conv(functools.partial(kernel_grad, 'auto', 1), x, dense)
+  assert not _has_1d_conv(functools.partial(kernel_grad, 'native', 1), x,
+                          dense)
+  # Split groups of 16 channels take it too; groups of 8 and 1x1 kernels
+  # do not.
+  assert _has_1d_conv(functools.partial(kernel_grad, 'auto', 2), x,
+                      jnp.ones((3, 3, 16, 8)))
+  assert not _has_1d_conv(functools.partial(kernel_grad, 'auto', 4), x,
+                          jnp.ones((3, 3, 8, 8)))
+  assert not _has_1d_conv(functools.partial(kernel_grad, 'auto', 1), x,
+                          jnp.ones((1, 1, 32, 8)))
 
 
 def test_matmul_impl_rejects_other_kernels():
@@ -319,3 +415,10 @@ def test_vs_pytorch_says_how_to_install_torch_when_missing(monkeypatch):
   monkeypatch.setitem(sys.modules, 'torch', None)
   with pytest.raises(SystemExit, match='pip install torch timm'):
     vs_pytorch._torch_step(2, 32, 1)  # pylint: disable=protected-access
+
+
+def test_vs_pytorch_checks_for_torch_before_starting_workers(monkeypatch):
+  from benchmarks import vs_pytorch  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(vs_pytorch.importlib.util, 'find_spec', lambda name: None)
+  with pytest.raises(SystemExit, match='torch is missing.*pip install torch'):
+    vs_pytorch._require_torch()  # pylint: disable=protected-access
