@@ -29,6 +29,9 @@ from benchmarks import train_step
 from nfnets import host
 
 
+_INSTALL_HINT = 'install them with `pip install torch timm`.'
+
+
 def _torch_step(batch: int, image_size: int,
                 threads: int) -> tuple[Callable[[], None], dict[str, Any]]:
   try:
@@ -36,7 +39,7 @@ def _torch_step(batch: int, image_size: int,
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise SystemExit(f'benchmarks.vs_pytorch needs torch and timm ({e}); '
-                     'install them with `pip install torch timm`.') from e
+                     + _INSTALL_HINT) from e
   torch.set_num_threads(threads)
   torch.manual_seed(0)
   model = timm.create_model('dm_nfnet_f0', num_classes=1000)
@@ -67,8 +70,7 @@ def _require_torch() -> None:
       found = False
     if not found:
       raise SystemExit(f'benchmarks.vs_pytorch needs torch and timm ({name} '
-                       'is missing); install them with `pip install torch '
-                       'timm`.')
+                       'is missing); ' + _INSTALL_HINT)
 
 
 def _jax_step(batch: int, image_size: int) -> Callable[[], None]:

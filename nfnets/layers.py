@@ -187,6 +187,7 @@ _MIN_ROWS_CHANNELS = 16
 
 
 def _explicit_pads(in_hw, kernel_hw, stride, padding):
+  """((top, bottom), (left, right)) for a padding string or explicit pads."""
   if isinstance(padding, str):
     return jax.lax.padtype_to_pads(in_hw, kernel_hw, stride, padding)
   return tuple(tuple(p) for p in padding)
@@ -268,13 +269,10 @@ def _im2col_conv(x, w, stride, padding, rate, groups):
   """
   kh, kw, cin_g, cout = w.shape
   n, h, wd, c = x.shape
-  if isinstance(padding, str):
-    pads = jax.lax.padtype_to_pads(
-        (h, wd), ((kh - 1) * rate[0] + 1, (kw - 1) * rate[1] + 1), stride,
-        padding)
-  else:
-    pads = padding
-  x = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+  pads = _explicit_pads(
+      (h, wd), ((kh - 1) * rate[0] + 1, (kw - 1) * rate[1] + 1), stride,
+      padding)
+  x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
   hp, wp = x.shape[1], x.shape[2]
   ho = (hp - (kh - 1) * rate[0] - 1) // stride[0] + 1
   wo = (wp - (kw - 1) * rate[1] - 1) // stride[1] + 1
