@@ -42,9 +42,9 @@ if __package__ in (None, ''):
 
 # pylint: disable=g-import-not-at-top
 from nfnets import data
-from nfnets import host
+from benchmarks import _host as host
 from nfnets import models
-from nfnets import optim
+from nfnets.train import optimizer as train_optimizer
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            'results')
@@ -117,12 +117,12 @@ def accuracy(forward: hk.TransformedWithState, params: Any, state: Any,
 def unit_peak_optimizer(args: argparse.Namespace, clipping: float
                         ) -> optax.GradientTransformation:
   """The NFNet optimizer (AGC off when clipping is 0), peaking at lr 1."""
-  config = optim.default_config()
+  config = train_optimizer.default_config()
   config.clipping = clipping
   # Peak lr = base_lr * batch / lr_batch_reference = 1.
   config.base_lr = 1.0
   config.lr_batch_reference = args.batch_size
-  return optim.nfnet_optimizer(config, batch_size=args.batch_size,
+  return train_optimizer.from_config(config, batch_size=args.batch_size,
                                total_steps=args.steps,
                                warmup_steps=args.warmup_steps)
 

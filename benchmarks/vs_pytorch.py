@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from benchmarks import _common
 from benchmarks import train_step
-from nfnets import host
+from benchmarks import _host as host
 
 
 _INSTALL_HINT = 'install them with `pip install torch timm`.'

@@ -1,16 +1,2 @@
-r"""A small NFNet on scikit-learn's bundled 8x8 digits: the default config.
-
-NFNet-F0 at 1/8 width (about 1.1M parameters) on the digits upsampled to
-32x32, 1437 training and 360 held-out test images, 10 classes; no download.
-
-  python -m nfnets.experiment --workdir=runs/digits           # or `make demo`
-  python -m nfnets.experiment --config=experiments/digits.py:runlocal \
-      --workdir=/tmp/digits_smoke                             # 10 steps
-
-Expected cost: a few minutes on 2 CPU cores, to >= 97% test top-1.
-"""
-from nfnets import configs
-
-
-def get_config(arg=None):
-  return configs.digits_config(arg)
+"""The default config: a small NFNet on the bundled digits (nfnets/configs/digits.py)."""
+from nfnets.configs.digits import get_config  # pylint: disable=unused-import

@@ -7,26 +7,18 @@ Library:
 >>> result = evaluate(ckpt)                            # the config's eval split
 >>> result.top1, result.top5, result.num_images
 
-Command line (prints top-1/top-5 and the number of images; for data sets
-with few classes, such as the embedded digits, also writes a confusion-matrix
-PNG outside the work directory):
+Command line: `python -m nfnets.evaluate` (see `nfnets.cli.evaluate`).
 
-  python -m nfnets.evaluate --workdir=runs/digits
-  python -m nfnets.evaluate --checkpoint=runs/digits/checkpoints/600 --raw
-
-Checkpoints are those of `nfnets.train_state` (WORKDIR/checkpoints/<step>/
+Checkpoints are those of `nfnets.train.checkpoint` (WORKDIR/checkpoints/<step>/
 {state,config}); the config a checkpoint was trained with is stored inside
 it, so the model, classes and eval preprocessing come from there. Nothing in
 the work directory is written.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
 import pathlib
-import sys
 from typing import Any, Callable, Optional, Sequence, Union
 
 import haiku as hk
@@ -34,13 +26,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from nfnets import data
 from nfnets import layers
 from nfnets import models
 from nfnets import pretrained
-from nfnets import train_state as ts
+from nfnets.train import checkpoint
+from nfnets.train import state as state_lib
+from nfnets.train import step as step_lib
+from nfnets.train.metrics import read_metrics  # pylint: disable=unused-import
 
 PathLike = Union[str, pathlib.Path]
 
@@ -48,14 +42,7 @@ PathLike = Union[str, pathlib.Path]
 # K x K image is unreadable (ImageNet has 1000).
 MAX_CONFUSION_CLASSES = 50
 
-CheckpointError = ts.CheckpointError
-
-
-def _build_model(config: ml_collections.ConfigDict,
-                 **overrides: Any) -> hk.TransformedWithState:
-  # Deferred: the runner pulls in the optimizer and logging stack.
-  from nfnets import experiment  # pylint: disable=g-import-not-at-top
-  return experiment.build_model(config, **overrides)
+CheckpointError = checkpoint.CheckpointError
 
 
 def fold_weight_standardization(
@@ -84,10 +71,8 @@ def fold_weight_standardization(
       or 'conv' not in models.accepted_overrides(config.model.name)):
     return model, params
   folded = layers.standardize_conv_params(params)
-  fast = _build_model(config, conv=layers.PrestandardizedConv2D)
-  size = config.data.eval_image_size
-  expected, _ = jax.eval_shape(lambda: fast.init(
-      jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)), is_training=False))
+  fast = state_lib.build_model(config, conv=layers.PrestandardizedConv2D)
+  expected, _ = models.abstract_init(fast, config.data.eval_image_size)
   shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
   if shapes(expected) != shapes(folded):
     # A WSConv2D built outside the model's `conv` factory keeps its gain;
@@ -188,20 +173,6 @@ class LoadedCheckpoint:
     return np.concatenate(out)
 
 
-def _resolve(path: PathLike) -> tuple[pathlib.Path, Optional[int]]:
-  """(work directory, step or None) of a work or step directory."""
-  path = pathlib.Path(path).absolute()
-  if not path.exists():
-    raise CheckpointError(f'No work directory or checkpoint at {path}.')
-  if path.parent.name == ts.CHECKPOINT_DIR and path.name.isdigit():
-    return path.parent.parent, int(path.name)
-  if (path / ts.CHECKPOINT_DIR).is_dir():
-    return path, None
-  raise CheckpointError(
-      f'{path} is neither a work directory (with {ts.CHECKPOINT_DIR}/) nor a '
-      f'checkpoint step directory ({ts.CHECKPOINT_DIR}/<step>).')
-
-
 def load_checkpoint(path: PathLike, step: Optional[int] = None, *,
                     use_ema: bool = True,
                     model_name: Optional[str] = None) -> LoadedCheckpoint:
@@ -223,55 +194,20 @@ def load_checkpoint(path: PathLike, step: Optional[int] = None, *,
     pretrained.WeightsMismatchError: the stored arrays do not fit the model
       of the stored config (every mismatch listed).
   """
-  workdir, path_step = _resolve(path)
-  if step is None:
-    step = path_step
-  elif path_step is not None and path_step != step:
-    raise CheckpointError(f'{path} is step {path_step}, not step {step}.')
-  manager = ts.checkpoint_manager(workdir, read_only=True)
-  try:
-    if step is None:
-      step = manager.latest_step()
-      if step is None:
-        raise CheckpointError(
-            f'No checkpoint in {workdir / ts.CHECKPOINT_DIR}.')
-    step_dir = workdir / ts.CHECKPOINT_DIR / str(step)
-    if step not in manager.all_steps():
-      raise CheckpointError(f'No checkpoint at step {step} ({step_dir}); '
-                            f'saved steps: {list(manager.all_steps())}.')
-    config = ts.restore_config(manager, step)
-    if model_name is not None and config.model.name != model_name:
-      raise CheckpointError(
-          f'{step_dir} holds {config.model.name!r} (per its config), not '
-          f'{model_name!r}.')
-    try:
-      # Restored from the checkpoint's own metadata: evaluation needs no
-      # optimizer, and a mismatch is reported below name by name.
-      restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore()))
-    except Exception as e:  # orbax raises many types; all mean the same here.
-      raise CheckpointError(
-          f'Cannot read the checkpoint {step_dir / "state"}: '
-          f'{type(e).__name__}: {e}') from e
-  finally:
-    manager.close()
-  saved = restored.state
-  prefix = 'ema_' if use_ema else ''
-  try:
-    params = saved[f'{prefix}params']
-    state = saved['ema_state' if use_ema else 'model_state']
-  except (KeyError, TypeError) as e:
-    raise CheckpointError(f'{step_dir / "state"} is not a TrainState '
-                          f'checkpoint (no {e}).') from e
-  model = _build_model(config)
-  size = config.data.eval_image_size
-  abstract_params, abstract_state = jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0),
-                         jnp.zeros((1, size, size, 3)), is_training=False))
-  source = f'Checkpoint {step_dir} ({config.model.name} per its config)'
+  saved = checkpoint.read_saved(path, step)
+  config = saved.config
+  if model_name is not None and config.model.name != model_name:
+    raise CheckpointError(
+        f'{saved.path} holds {config.model.name!r} (per its config), not '
+        f'{model_name!r}.')
+  params, state = saved.weights(use_ema)
+  model = state_lib.build_model(config)
+  abstract_params, abstract_state = models.abstract_init(
+      model, config.data.eval_image_size)
+  source = f'Checkpoint {saved.path} ({config.model.name} per its config)'
   pretrained.check_params(abstract_params, params, source=source)
   pretrained.check_params(abstract_state, state, source=source + ' state')
-  return LoadedCheckpoint(config=config, step=int(step), path=step_dir,
+  return LoadedCheckpoint(config=config, step=saved.step, path=saved.path,
                           use_ema=use_ema, model=model, params=params,
                           state=state)
 
@@ -325,8 +261,7 @@ def evaluate(ckpt: LoadedCheckpoint, *, batch_size: Optional[int] = None,
   @jax.jit
   def step(params, state, images, labels):
     logits = apply(params, state, images)
-    hit_k = jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1)
-    return jnp.argmax(logits, -1), hit_k
+    return jnp.argmax(logits, -1), step_lib.topk_hits(logits, labels, k)
 
   batches = data.build_eval(data_config, batch_size=batch_size)
   if progress:
@@ -395,30 +330,6 @@ def save_confusion_png(confusion: np.ndarray, path: PathLike,
   return path
 
 
-def read_metrics(workdir: PathLike) -> list[dict[str, float]]:
-  """The records of WORKDIR/metrics.jsonl (one dict per logged step).
-
-  Keys are 'step', 'time' and TensorBoard-style tags such as 'train/loss',
-  'eval/top1', 'eval/ema_top1'. A truncated last line (a run killed while
-  writing) is skipped.
-  """
-  path = pathlib.Path(workdir) / 'metrics.jsonl'
-  if not path.exists():
-    raise FileNotFoundError(f'No metrics file {path}.')
-  records = []
-  lines = path.read_text().splitlines()
-  for number, line in enumerate(lines, 1):
-    if not line.strip():
-      continue
-    try:
-      records.append(json.loads(line))
-    except json.JSONDecodeError as e:
-      if number == len(lines):
-        continue
-      raise ValueError(f'{path}:{number} is not JSON: {e}') from e
-  return records
-
-
 def default_confusion_path(ckpt: LoadedCheckpoint) -> pathlib.Path:
   """WORKDIR_eval/confusion_step<N>.png, beside (not in) the work directory."""
   workdir = ckpt.path.parent.parent
@@ -427,63 +338,8 @@ def default_confusion_path(ckpt: LoadedCheckpoint) -> pathlib.Path:
           f'confusion_step{ckpt.step}_{weights}.png')
 
 
-def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog='python -m nfnets.evaluate',
-      description='Evaluate a checkpoint of a training run on its eval split.')
-  where = parser.add_mutually_exclusive_group(required=True)
-  where.add_argument('--workdir', help='work directory of a training run '
-                     '(newest checkpoint unless --step)')
-  where.add_argument('--checkpoint', help='one checkpoint: '
-                     'WORKDIR/checkpoints/<step>')
-  parser.add_argument('--step', type=int, default=None,
-                      help='saved step to evaluate (default: newest)')
-  parser.add_argument('--raw', action='store_true',
-                      help='evaluate the raw weights instead of the EMA ones')
-  parser.add_argument('--split', default=None,
-                      help='eval split (default: the config\'s)')
-  parser.add_argument('--batch_size', type=int, default=None,
-                      help='eval batch size (default: the config\'s)')
-  parser.add_argument('--confusion_png', default=None,
-                      help='where to write the confusion matrix (default: '
-                      'WORKDIR_eval/confusion_step<N>_<ema|raw>.png); only '
-                      f'for data sets with <= {MAX_CONFUSION_CLASSES} classes')
-  parser.add_argument('--no_progress', action='store_true',
-                      help='hide the progress bar')
-  return parser.parse_args(argv)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> EvalResult:
-  """Command line entry point; returns the result (exits 1 on a bad input)."""
-  args = _parse(argv)
-  try:
-    ckpt = load_checkpoint(args.workdir or args.checkpoint, args.step,
-                           use_ema=not args.raw)
-  except (CheckpointError, pretrained.WeightsMismatchError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
-  result = evaluate(ckpt, batch_size=args.batch_size, split=args.split,
-                    progress=not args.no_progress)
-  weights = 'EMA' if ckpt.use_ema else 'raw'
-  print(f'{ckpt.config.model.name} step {ckpt.step} ({weights} weights) on '
-        f'{ckpt.config.data.dataset}/{result.split}: '
-        f'top-1 {result.top1:.4f}  top-5 {result.top5:.4f}  '
-        f'images {result.num_images}')
-  if ckpt.num_classes <= MAX_CONFUSION_CLASSES:
-    path = pathlib.Path(args.confusion_png or default_confusion_path(ckpt))
-    workdir = ckpt.path.parent.parent
-    if path.absolute().is_relative_to(workdir):
-      print(f'error: {path} is inside the work directory {workdir}, which '
-            'evaluation never writes to.', file=sys.stderr)
-      sys.exit(1)
-    save_confusion_png(result.confusion, path, title=(
-        f'{ckpt.config.model.name} step {ckpt.step} ({weights}), '
-        f'top-1 {result.top1:.3f}'))
-    print(f'confusion matrix: {path}')
-  return result
-
-
 if __name__ == '__main__':
-  from nfnets import host  # pylint: disable=g-import-not-at-top
-  host.reexec_with_huge_pages()
-  main()
+  # `python -m nfnets.evaluate` runs the command line, which lives with the
+  # other command lines.
+  from nfnets.cli import evaluate as _cli  # pylint: disable=g-import-not-at-top
+  _cli.run()

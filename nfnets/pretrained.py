@@ -33,6 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nfnets import models
+from nfnets import optim
+from nfnets.train import checkpoint
+
 PathLike = Union[str, os.PathLike]
 # {module path: {parameter name: array}}, Haiku's own params layout.
 Params = dict[str, dict[str, np.ndarray]]
@@ -219,9 +223,8 @@ def load_params(path: PathLike, *, use_ema: bool = True) -> Params:
   if not path.exists():
     raise FileNotFoundError(f'No weights at {path}.')
   if path.is_dir():
-    from nfnets import evaluate  # pylint: disable=g-import-not-at-top
-    loaded = evaluate.load_checkpoint(path, use_ema=use_ema)
-    return to_numpy(loaded.params)
+    params, _ = checkpoint.read_saved(path).weights(use_ema)
+    return to_numpy(params)
   with path.open('rb') as f:
     magic = f.read(4)
   if magic.startswith(b'PK'):
@@ -282,10 +285,9 @@ class Pretrained:
 
 
 def _classifier_path(params: Mapping[str, Any]) -> Optional[str]:
-  """The top-level 'Top/~/linear' module path, if any."""
+  """The classifier's module path ('Top/~/linear'), if any."""
   for module in params:
-    parts = module.split('/~/')
-    if len(parts) == 2 and parts[1] == 'linear':
+    if optim.is_classifier(module, ''):
       return module
   return None
 
@@ -315,9 +317,6 @@ def load_pretrained(name: str, path: PathLike,
       are listed).
     UnsafePickleError: the file's pickle references a refused global.
   """
-  # Deferred: `nfnets.models` re-exports this function, so a module-level
-  # import would be circular.
-  from nfnets.models import registry  # pylint: disable=g-import-not-at-top
   loaded = load_params(path, use_ema=use_ema)
   head = _classifier_path(loaded)
   if num_classes is None:
@@ -326,11 +325,9 @@ def load_pretrained(name: str, path: PathLike,
           f'{path}: no classifier "<Top>/~/linear/w" to take num_classes from; '
           'pass num_classes.')
     num_classes = int(loaded[head]['w'].shape[-1])
-  model = registry.transform(name, num_classes, **overrides)
-  size = registry.get_spec(name).get('test_imsize', 224)
-  dummy = jnp.zeros((1, size, size, 3), jnp.float32)
-  abstract_params, abstract_state = jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), dummy, is_training=False))
+  model = models.transform(name, num_classes, **overrides)
+  abstract_params, abstract_state = models.abstract_init(
+      model, models.get_spec(name).test_imsize)
   if jax.tree_util.tree_leaves(abstract_state):
     raise WeightsMismatchError(
         f'{name} keeps state (e.g. BatchNorm statistics); weight files here '

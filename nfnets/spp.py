@@ -18,12 +18,7 @@ as the paper's plots assume, and dropout and stochastic depth are turned off.
 The forward pass runs with `is_training=True`, so BatchNorm uses batch
 statistics, as in the paper.
 
-Command line (a 600-layer comparison, small enough for a CPU):
-
-  python -m nfnets.spp --models=bn_relu_conv,relu_bn_conv,nf_resnet_he,nf_resnet_ws \
-      --depth=600 --width=0.0625 --image_size=32 --batch_size=8 --out=spp.png
-
-writes spp.png and spp.csv.
+Command line: `python -m nfnets.spp` (see `nfnets.cli.spp`).
 """
 from __future__ import annotations
 
@@ -271,45 +266,8 @@ def run(models: Sequence[str], depth: int, out: str, *, width: float = 0.25,
   return results
 
 
-def main(argv: Sequence[str]) -> None:
-  del argv
-  flags = _FLAGS
-  results = run(flags.models, flags.depth, flags.out, width=flags.width,
-                image_size=flags.image_size, batch_size=flags.batch_size,
-                seed=flags.seed)
-  for name, spp in results.items():
-    print(f'{name}: final mean_sq={spp.mean_sq[-1]:.4g} '
-          f'variance={spp.variance[-1]:.4g} '
-          f'residual_variance={spp.residual_variance[-1]:.4g}')
-  print(f'Wrote {flags.out} and {os.path.splitext(flags.out)[0]}.csv')
-
-
-class _Flags:
-  """Lazily defined absl flags, so importing the library defines none."""
-
-  def __getattr__(self, name):
-    from absl import flags  # pylint: disable=g-import-not-at-top
-    return getattr(flags.FLAGS, name)
-
-
-_FLAGS = _Flags()
-
-
-def _define_flags() -> None:
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_list('models', list(SHORT_NAMES),
-                    f'Short names {list(SHORT_NAMES)} or registered models.')
-  flags.DEFINE_integer('depth', 600, 'Depth used with the short names.')
-  flags.DEFINE_string('out', 'spp.png', 'Output PNG; the CSV goes beside it.')
-  flags.DEFINE_float('width', 0.25, 'Channel multiplier.')
-  flags.DEFINE_integer('image_size', 32, 'Input resolution in pixels.')
-  flags.DEFINE_integer('batch_size', 8, 'Number of Gaussian inputs.')
-  flags.DEFINE_integer('seed', 0, 'Seed of inputs and initialization.')
-
-
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from nfnets import host  # pylint: disable=g-import-not-at-top
-  host.reexec_with_huge_pages()
-  _define_flags()
-  app.run(main)
+  # `python -m nfnets.spp` runs the command line, which lives with the other
+  # command lines.
+  from nfnets.cli import spp as _cli  # pylint: disable=g-import-not-at-top
+  _cli.run()

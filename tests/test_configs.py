@@ -11,8 +11,9 @@ from ml_collections import config_flags
 import pytest
 
 from nfnets import configs
-from nfnets import experiment
-from nfnets import optim
+from nfnets import train
+from nfnets.train import config as train_config
+from nfnets.train import optimizer as train_optimizer
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / 'experiments'
 
@@ -61,7 +62,7 @@ def test_every_config_file_is_covered():
 @pytest.mark.parametrize('name', sorted(NFNET_RECIPE))
 def test_nfnet_recipe(name):
   config = load(name)
-  experiment.validate_config(config, num_devices=8)
+  train_config.validate_config(config, num_devices=8)
   train_px, test_px, magnitude, dropout = NFNET_RECIPE[name]
   assert config.model.name == name
   assert config.data.dataset == 'imagenet2012'
@@ -78,25 +79,25 @@ def test_nfnet_recipe(name):
   assert tc.ema_decay == 0.99999
   assert tc.compute_dtype == 'bfloat16'
   opt = config.optimizer
-  assert optim.peak_learning_rate(opt, tc.batch_size) == pytest.approx(
+  assert train_optimizer.peak_learning_rate(opt, tc.batch_size) == pytest.approx(
       0.1 * 4096 / 256)
   assert (opt.momentum, opt.nesterov, opt.weight_decay) == (0.9, True, 2e-5)
   assert opt.clipping == 0.01 and opt.end_lr == 0.0
-  total, warmup = experiment.durations(config)
+  total, warmup = train_config.durations(config)
   assert total == round(360 * IMAGENET_TRAIN / 4096)
   assert warmup == round(5 * IMAGENET_TRAIN / 4096)
 
 
 def test_baseline_recipes():
   resnet = load('nf_resnet50')
-  experiment.validate_config(resnet, num_devices=8)
+  train_config.validate_config(resnet, num_devices=8)
   assert resnet.model.name == 'nf_resnet50'
   assert resnet.data.randaugment_layers == 0
-  assert experiment.durations(resnet)[0] == round(90 * IMAGENET_TRAIN / 4096)
+  assert train_config.durations(resnet)[0] == round(90 * IMAGENET_TRAIN / 4096)
   regnet = load('nf_regnet_b0')
-  experiment.validate_config(regnet, num_devices=8)
+  train_config.validate_config(regnet, num_devices=8)
   assert (regnet.data.image_size, regnet.data.eval_image_size) == (192, 224)
-  assert experiment.durations(regnet)[0] == round(
+  assert train_config.durations(regnet)[0] == round(
       360 * IMAGENET_TRAIN / 4096)
 
 
@@ -104,10 +105,10 @@ def test_baseline_recipes():
                                   'nf_regnet_b0', 'digits'])
 def test_runlocal_is_cpu_sized(name):
   config = load(name, 'runlocal')
-  experiment.validate_config(config, num_devices=1)
+  train_config.validate_config(config, num_devices=1)
   assert config.data.dataset == 'digits'
   assert config.training.batch_size <= 64
-  assert experiment.durations(config)[0] <= 20
+  assert train_config.durations(config)[0] <= 20
   if name != 'digits':
     # The recipe's machinery stays on; only the sizes shrink.
     full = load(name)
@@ -124,7 +125,7 @@ def test_unknown_config_argument():
 def test_digits_is_the_command_line_default():
   config = parse([])
   assert config.data.dataset == 'digits'
-  experiment.validate_config(config, num_devices=1)
+  train_config.validate_config(config, num_devices=1)
 
 
 def test_command_line_overrides():
@@ -138,7 +139,7 @@ def test_command_line_overrides():
   assert config.training.batch_size == 32
   assert config.optimizer.clipping == 0.02
   assert config.model.kwargs.width == 0.25
-  assert experiment.durations(config)[0] == 7
+  assert train_config.durations(config)[0] == 7
 
 
 def test_command_line_rejects_a_wrong_type():
@@ -177,13 +178,13 @@ def _with(config, path, value):
 ])
 def test_validation_errors(path, value, message):
   config = _with(configs.digits_config(), path, value)
-  with pytest.raises(experiment.ConfigError, match=message):
-    experiment.validate_config(config, num_devices=8)
+  with pytest.raises(train.ConfigError, match=message):
+    train_config.validate_config(config, num_devices=8)
 
 
 def test_invalid_config_fails_before_anything_is_written(tmp_path):
   config = _with(configs.digits_config(), 'model.name', 'nfnet_f9')
   workdir = tmp_path / 'run'
-  with pytest.raises(experiment.ConfigError, match='Known models'):
-    experiment.train_and_evaluate(config, workdir)
+  with pytest.raises(train.ConfigError, match='Known models'):
+    train.train_and_evaluate(config, workdir)
   assert not workdir.exists()

@@ -11,7 +11,9 @@ from sklearn import metrics as skmetrics
 
 from nfnets import data
 from nfnets import evaluate
+from nfnets.cli import evaluate as evaluate_cli
 from nfnets import pretrained
+from nfnets.train import state as train_state
 
 # Needs the session's tiny trained run (`digits_run` in conftest.py), whose
 # first user trains it.
@@ -85,13 +87,13 @@ def test_cli_prints_metrics_writes_png_and_leaves_workdir_alone(
     workdir, tmp_path, capsys):
   before = _snapshot(workdir)
   png = tmp_path / 'confusion.png'
-  result = evaluate.main([f'--workdir={workdir}', '--no_progress',
+  result = evaluate_cli.main([f'--workdir={workdir}', '--no_progress',
                           f'--confusion_png={png}'])
   out = capsys.readouterr().out
   assert f'top-1 {result.top1:.4f}' in out and 'images 360' in out
   assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   step_dir = workdir / 'checkpoints' / '1'
-  evaluate.main([f'--checkpoint={step_dir}', '--raw', '--no_progress',
+  evaluate_cli.main([f'--checkpoint={step_dir}', '--raw', '--no_progress',
                  f'--confusion_png={tmp_path / "c1.png"}'])
   assert 'step 1 (raw weights)' in capsys.readouterr().out
   assert _snapshot(workdir) == before
@@ -122,7 +124,7 @@ def test_bad_checkpoints_are_clear_errors(workdir, tmp_path, case, capsys):
   assert needle in str(err.value)
   if case != 'no_step' and case != 'model':
     with pytest.raises(SystemExit):
-      evaluate.main([f'--workdir={target}', '--no_progress'])
+      evaluate_cli.main([f'--workdir={target}', '--no_progress'])
     assert needle in capsys.readouterr().err
 
 
@@ -135,9 +137,9 @@ def test_arrays_of_another_model_are_listed(workdir, tmp_path):
   config.model.kwargs.width = 0.25
   with pytest.raises(pretrained.WeightsMismatchError,
                      match='wrong shape') as err:
-    evaluate._build_model(config)  # Sanity: the config builds.
+    train_state.build_model(config)  # Sanity: the config builds.
     abstract, _ = jax.eval_shape(
-        lambda: evaluate._build_model(config).init(
+        lambda: train_state.build_model(config).init(
             jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32),
             is_training=False))
     pretrained.check_params(abstract, evaluate.load_checkpoint(copy).params,

@@ -7,7 +7,7 @@ import numpy as np
 
 from nfnets import configs
 from nfnets import evaluate
-from nfnets import experiment
+from nfnets.train import state as train_state
 
 
 def _loaded(name, **kwargs):
@@ -15,7 +15,7 @@ def _loaded(name, **kwargs):
   config.model.name = name
   config.model.kwargs = dict(width=0.0625, **kwargs)
   config.data.image_size = config.data.eval_image_size = 16
-  model = experiment.build_model(config)
+  model = train_state.build_model(config)
   images = jax.random.normal(jax.random.PRNGKey(1), (3, 16, 16, 3))
   params, state = model.init(jax.random.PRNGKey(0), images, is_training=False)
   # Trained weights are not unit gain and zero bias; make the fold see that.

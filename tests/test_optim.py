@@ -16,6 +16,7 @@ import pytest
 
 from nfnets import models
 from nfnets import optim
+from nfnets.train import optimizer as train_optimizer
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -230,19 +231,6 @@ def test_bfloat16_gradients(param_dtype):
                       np.asarray(params[name], np.float32), 0.01, 1e-3)
     np.testing.assert_allclose(np.asarray(out[name], np.float32), expected,
                                rtol=1e-2, atol=1e-30, err_msg=name)
-  assert optim.unitwise_norm(grads['conv']).dtype == jnp.float32
-
-
-def test_unitwise_norm_shapes():
-  x = jnp.arange(2 * 3 * 4 * 5, dtype=jnp.float32).reshape(2, 3, 4, 5)
-  norms = optim.unitwise_norm(x)
-  assert norms.shape == (1, 1, 1, 5)
-  np.testing.assert_allclose(
-      norms[0, 0, 0], np.linalg.norm(np.asarray(x).reshape(-1, 5), axis=0),
-      rtol=1e-6)
-  assert optim.unitwise_norm(jnp.ones((8, 3))).shape == (1, 3)
-  assert optim.unitwise_norm(jnp.ones(4)).shape == (1,)
-  assert optim.unitwise_norm(jnp.asarray(-2.0)) == 2.0
 
 
 def test_requires_params_and_valid_arguments():
@@ -377,7 +365,7 @@ def _run_optimizer(opt, params, grads_per_step):
 
 @pytest.mark.parametrize('clip_classifier_bias', [False, True])
 def test_nfnet_optimizer_matches_hand_computation(clip_classifier_bias):
-  cfg = optim.default_config()
+  cfg = train_optimizer.default_config()
   cfg.agc_clip_classifier_bias = clip_classifier_bias
   cfg.weight_decay = 1e-2  # Large enough to be visible in one step.
   params = _nfnet_like_tree()
@@ -387,7 +375,7 @@ def test_nfnet_optimizer_matches_hand_computation(clip_classifier_bias):
           5.0 * rng.standard_normal(x.shape), jnp.float32), params)
       for _ in range(3)]
   batch_size, warmup, total = 512, 2, 10
-  opt = optim.nfnet_optimizer(cfg, batch_size=batch_size, total_steps=total,
+  opt = train_optimizer.from_config(cfg, batch_size=batch_size, total_steps=total,
                               warmup_steps=warmup)
   peak = 0.1 * batch_size / 256
   lrs = [0.0, peak / 2, peak]  # Linear warmup over 2 steps.
@@ -407,14 +395,14 @@ def test_nfnet_optimizer_matches_hand_computation(clip_classifier_bias):
 
 
 def test_weight_decay_skips_gains_and_biases():
-  cfg = optim.default_config()
+  cfg = train_optimizer.default_config()
   params = _nfnet_like_tree()
   params['NFNet/~/stem_conv0']['gain'] = jnp.full(4, 1.5)
   params['NFNet/~/stem_conv0']['bias'] = jnp.full(4, 0.3)
   params['NFNet/~/nf_block']['skip_gain'] = jnp.asarray(0.7)
   params[_CLASSIFIER]['b'] = jnp.full(10, -0.2)
   zeros = jax.tree.map(jnp.zeros_like, params)
-  opt = optim.nfnet_optimizer(cfg, batch_size=256, total_steps=100,
+  opt = train_optimizer.from_config(cfg, batch_size=256, total_steps=100,
                               warmup_steps=0)
   updates, _ = jax.jit(opt.update)(zeros, opt.init(params), params)
   lr = 0.1  # Peak at step 0 without warmup, batch 256.
@@ -430,12 +418,12 @@ def test_weight_decay_skips_gains_and_biases():
 
 
 def test_clipping_zero_is_plain_sgd():
-  cfg = optim.default_config()
+  cfg = train_optimizer.default_config()
   cfg.clipping = 0.0
   cfg.weight_decay = 0.0
   params = _nfnet_like_tree()
   grads = jax.tree.map(lambda x: jnp.full(x.shape, 50.0), params)
-  opt = optim.nfnet_optimizer(cfg, batch_size=256, total_steps=10,
+  opt = train_optimizer.from_config(cfg, batch_size=256, total_steps=10,
                               warmup_steps=0)
   updates, _ = opt.update(grads, opt.init(params), params)
   for got, g in zip(jax.tree.leaves(updates), jax.tree.leaves(grads)):
@@ -465,34 +453,41 @@ def test_warmup_cosine_schedule_matches_formula():
 
 
 def test_default_config_has_the_paper_values():
-  cfg = optim.default_config()
+  cfg = train_optimizer.default_config()
   assert (cfg.base_lr, cfg.lr_batch_reference, cfg.momentum, cfg.nesterov,
           cfg.weight_decay, cfg.clipping, cfg.agc_eps, cfg.end_lr) == (
               0.1, 256, 0.9, True, 2e-5, 0.01, 1e-3, 0.0)
-  assert optim.peak_learning_rate(cfg, 4096) == pytest.approx(1.6)
-  assert optim.resolve_warmup_steps(cfg, steps_per_epoch=312.8) == 1564
+  assert train_optimizer.peak_learning_rate(cfg, 4096) == pytest.approx(1.6)
+  assert train_optimizer.resolve_warmup_steps(cfg, steps_per_epoch=312.8) == 1564
   cfg.warmup_steps = 7
-  assert optim.resolve_warmup_steps(cfg) == 7
-  lr = optim.learning_rate_schedule(cfg, batch_size=1024, total_steps=100,
+  assert train_optimizer.resolve_warmup_steps(cfg) == 7
+  lr = train_optimizer.learning_rate_schedule(cfg, batch_size=1024, total_steps=100,
                                     warmup_steps=10)
   np.testing.assert_allclose(lr(10), 0.4, rtol=1e-6)
 
 
+def test_nfnet_optimizer_rejects_out_of_range_settings():
+  with pytest.raises(ValueError, match='momentum'):
+    optim.nfnet_optimizer(0.1, momentum=1.5)
+  with pytest.raises(ValueError, match='clipping'):
+    optim.nfnet_optimizer(0.1, clipping=-1.0)
+
+
 def test_config_errors():
-  cfg = optim.default_config()
+  cfg = train_optimizer.default_config()
   with pytest.raises(ValueError, match='steps_per_epoch'):
-    optim.nfnet_optimizer(cfg, batch_size=256, total_steps=10)
-  bad = optim.default_config()
+    train_optimizer.from_config(cfg, batch_size=256, total_steps=10)
+  bad = train_optimizer.default_config()
   bad.momentum = 1.5
   with pytest.raises(ValueError, match='momentum'):
-    optim.nfnet_optimizer(bad, batch_size=256, total_steps=10,
+    train_optimizer.from_config(bad, batch_size=256, total_steps=10,
                           warmup_steps=0)
-  extra = optim.default_config()
+  extra = train_optimizer.default_config()
   extra.clip_everything = True
   with pytest.raises(ValueError, match='clip_everything'):
-    optim.validate_config(extra)
+    train_optimizer.validate_config(extra)
   with pytest.raises(TypeError):
-    optim.default_config().clipping = 'strong'
+    train_optimizer.default_config().clipping = 'strong'
 
 
 def _readme_section_code():
@@ -552,7 +547,7 @@ _SHARDED_SCRIPT = textwrap.dedent('''
                                  rtol=8e-3, atol=0)
     hlo = step.lower(grads, params).as_text()
     assert 'callback' not in hlo and 'outfeed' not in hlo
-    opt = optim.nfnet_optimizer(optim.default_config(), batch_size=256,
+    opt = train_optimizer.from_config(train_optimizer.default_config(), batch_size=256,
                                 total_steps=10, warmup_steps=0)
     state = opt.init(params)
     update = jax.jit(opt.update)

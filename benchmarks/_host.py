@@ -1,4 +1,4 @@
-"""Host memory settings for the command-line entry points.
+"""Host memory settings for the benchmark scripts.
 
 XLA's CPU runtime allocates each step's temporary buffers (1.6 GiB for an
 NFNet-F0 step at batch 8 and 192 px) afresh on every call, from a worker
@@ -9,7 +9,8 @@ that memory is then faulted in 4 KiB at a time: about 430,000 page faults and
 pages for what it maps when the `glibc.malloc.hugetlb=1` tunable is set, which
 cuts the faults about 35-fold and the step time with them. Tunables are read
 once, when a process starts, so the entry points re-execute themselves with it
-set; `NFNETS_HUGE_PAGES=0` turns this off.
+set; `NFNETS_HUGE_PAGES=0` turns this off. The library never does this: for
+training, set the tunable in the environment (the Makefile's targets do).
 """
 from __future__ import annotations
 

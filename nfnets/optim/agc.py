@@ -1,9 +1,9 @@
-"""Adaptive Gradient Clipping (AGC) and the NFNet optimizer.
+"""Adaptive Gradient Clipping ([NFNet] sec. 4) and the parameter masks of NFNets.
 
 `adaptive_grad_clip` is an `optax.GradientTransformation` that works on any
-pytree of arrays (Haiku or Flax parameters, plain dicts, lists). The remaining
-pieces (`default_config`, `nfnet_optimizer`, `warmup_cosine_schedule`, the
-parameter masks) assemble the optimizer NFNets are trained with.
+pytree of arrays (Haiku or Flax parameters, plain dicts, lists). `agc_mask`
+and `weight_decay_mask` pick out, by Haiku module path and parameter name,
+what the NFNet recipe clips and decays.
 
 Reference:
   [NFNet] Brock, De, Smith, Simonyan. "High-Performance Large-Scale Image
@@ -16,8 +16,6 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
-import ml_collections
-from ml_collections import config_dict
 import optax
 
 PyTree = Any
@@ -77,25 +75,6 @@ def _reduction_axes(param: jax.Array, axis: AxisSpec, where: str
         f'adaptive_grad_clip: axis {bad} out of range for the parameter '
         f'{where} of shape {tuple(param.shape)}.')
   return tuple(sorted({a % param.ndim for a in axes}))
-
-
-def unitwise_norm(x: jax.Array, axis: Optional[Axes] = None) -> jax.Array:
-  """The L2 norm of each unit of `x`, computed in float32.
-
-  Args:
-    x: a parameter or gradient. Without `axis` the layout is inferred from
-      the rank: rank 0/1 -> one unit; rank 2 (in, out), rank 4 (H, W, in, out)
-      and rank 5 (D, H, W, in, out) -> one unit per output channel (last
-      axis). Other ranks need `axis`.
-    axis: the axes one unit spans (reduced over).
-
-  Returns:
-    float32 norms with the reduced axes kept as size 1, so they broadcast
-    against `x`: e.g. [1, 1, 1, O] for an HWIO kernel, [] for a scalar.
-  """
-  axes = _reduction_axes(x, axis, 'x')
-  x = jnp.asarray(x, jnp.float32)
-  return jnp.sqrt(jnp.sum(jnp.square(x), axis=axes, keepdims=True))
 
 
 def _safe_norm(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
@@ -260,178 +239,3 @@ def agc_mask(params: PyTree, classifier_pattern: str = CLASSIFIER_PATTERN,
 def weight_decay_mask(params: PyTree) -> PyTree:
   """True for the parameters that get weight decay: all but gains/biases."""
   return path_mask(params, lambda m, n: not is_gain_or_bias(m, n))
-
-
-def warmup_cosine_schedule(peak_value: float, warmup_steps: int,
-                           total_steps: int, end_value: float = 0.0
-                           ) -> optax.Schedule:
-  """Linear warmup from 0 to `peak_value`, then cosine decay to `end_value`.
-
-  lr(s) = peak * s / warmup                              for s < warmup,
-  lr(s) = end + (peak - end) / 2 * (1 + cos(pi * f))     otherwise,
-  with f = (s - warmup) / (total - warmup), clamped to [0, 1].
-
-  Args:
-    peak_value: learning rate reached at step `warmup_steps`.
-    warmup_steps: length of the warmup, in optimizer steps (0: none).
-    total_steps: the step at which the decay reaches `end_value`; later
-      steps stay there.
-    end_value: final learning rate.
-
-  Returns:
-    A schedule step -> float32 learning rate, traceable under jit.
-  """
-  if warmup_steps < 0 or total_steps <= 0 or warmup_steps > total_steps:
-    raise ValueError('Need 0 <= warmup_steps <= total_steps and '
-                     f'total_steps > 0; got warmup_steps={warmup_steps}, '
-                     f'total_steps={total_steps}.')
-  decay_steps = max(total_steps - warmup_steps, 1)
-
-  def schedule(step):
-    step = jnp.asarray(step, jnp.float32)
-    warmup = peak_value * step / max(warmup_steps, 1)
-    frac = jnp.clip((step - warmup_steps) / decay_steps, 0.0, 1.0)
-    cosine = end_value + 0.5 * (peak_value - end_value) * (
-        1.0 + jnp.cos(jnp.pi * frac))
-    return jnp.where(step < warmup_steps, warmup, cosine)
-
-  return schedule
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """The `config.optimizer` group, with the paper's NFNet defaults."""
-  return ml_collections.ConfigDict(dict(
-      # Peak lr = base_lr * batch_size / lr_batch_reference (linear scaling,
-      # [NFNet] sec. 4 and appendix): 1.6 at batch 4096.
-      base_lr=0.1,
-      lr_batch_reference=256,
-      end_lr=0.0,
-      momentum=0.9,
-      nesterov=True,
-      # Added to the clipped gradient, before momentum; gains and biases
-      # are exempt.
-      weight_decay=2e-5,
-      # AGC threshold lambda; 0 turns AGC off. 0.01 is the paper's value
-      # at batch 4096; smaller batches tolerate larger values.
-      clipping=0.01,
-      agc_eps=1e-3,
-      # The final classifier is not clipped (sec. 4.1). The reference
-      # release still clips the classifier bias; True reproduces that.
-      agc_exclude_classifier=True,
-      agc_clip_classifier_bias=False,
-      classifier_pattern=CLASSIFIER_PATTERN,
-      # Warmup length: warmup_steps when set, else warmup_epochs epochs.
-      warmup_epochs=5.0,
-      warmup_steps=config_dict.placeholder(int),
-  ))
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError on out-of-range optimizer settings or unknown fields."""
-  known = set(default_config().keys())
-  unknown = sorted(set(config.keys()) - known)
-  if unknown:
-    raise ValueError(f'Unknown optimizer config fields {unknown}; known: '
-                     f'{sorted(known)}.')
-  missing = sorted(known - set(config.keys()))
-  if missing:
-    raise ValueError(f'Missing optimizer config fields {missing}.')
-  checks = [
-      (config.base_lr > 0, 'base_lr must be positive'),
-      (config.lr_batch_reference > 0, 'lr_batch_reference must be positive'),
-      (config.end_lr >= 0, 'end_lr must be non-negative'),
-      (0 <= config.momentum < 1, 'momentum must be in [0, 1)'),
-      (config.weight_decay >= 0, 'weight_decay must be non-negative'),
-      (config.clipping >= 0, 'clipping must be non-negative (0: no AGC)'),
-      (config.agc_eps >= 0, 'agc_eps must be non-negative'),
-      (config.warmup_epochs >= 0, 'warmup_epochs must be non-negative'),
-      (config.warmup_steps is None or config.warmup_steps >= 0,
-       'warmup_steps must be non-negative'),
-  ]
-  for ok, message in checks:
-    if not ok:
-      raise ValueError(f'Optimizer config: {message}.')
-  re.compile(config.classifier_pattern)
-
-
-def peak_learning_rate(config: ml_collections.ConfigDict,
-                       batch_size: int) -> float:
-  """base_lr * batch_size / lr_batch_reference (0.1 * B / 256 by default)."""
-  return config.base_lr * batch_size / config.lr_batch_reference
-
-
-def resolve_warmup_steps(config: ml_collections.ConfigDict,
-                         steps_per_epoch: Optional[float] = None) -> int:
-  """`config.warmup_steps` if set, else round(warmup_epochs * steps/epoch)."""
-  if config.warmup_steps is not None:
-    return int(config.warmup_steps)
-  if config.warmup_epochs == 0:
-    return 0
-  if steps_per_epoch is None:
-    raise ValueError('Warmup is given in epochs (config.warmup_epochs='
-                     f'{config.warmup_epochs}); pass steps_per_epoch or '
-                     'warmup_steps.')
-  return int(round(config.warmup_epochs * steps_per_epoch))
-
-
-def learning_rate_schedule(config: ml_collections.ConfigDict, *,
-                           batch_size: int, total_steps: int,
-                           warmup_steps: int) -> optax.Schedule:
-  """Warmup + cosine schedule peaking at `peak_learning_rate`."""
-  return warmup_cosine_schedule(peak_learning_rate(config, batch_size),
-                                warmup_steps, total_steps, config.end_lr)
-
-
-def nfnet_optimizer(config: ml_collections.ConfigDict, *, batch_size: int,
-                    total_steps: int, warmup_steps: Optional[int] = None,
-                    steps_per_epoch: Optional[float] = None
-                    ) -> optax.GradientTransformation:
-  """AGC, then weight decay, then SGD with Nesterov momentum ([NFNet] sec. 4).
-
-  The chain, per parameter:
-    1. AGC with `config.clipping` (skipped when 0), except the classifier
-       found by `config.classifier_pattern` on the Haiku module path.
-    2. + weight_decay * param, except gains and biases (`is_gain_or_bias`);
-       added to the clipped gradient, as the reference release does.
-    3. SGD, momentum 0.9 with Nesterov, learning rate
-       `learning_rate_schedule` (0.1 * batch_size / 256, linear warmup,
-       cosine decay to `end_lr`).
-
-  Clipping threshold guidance (sec. 4.1): the best lambda depends on the
-  optimizer, learning rate and batch size, and larger batches need smaller
-  (stronger) thresholds; NFNets use 0.01 at batch size 4096. The paper also
-  finds it beneficial not to clip the final linear layer.
-
-  Args:
-    config: the optimizer group (`default_config()`).
-    batch_size: global batch size (scales the learning rate).
-    total_steps: number of optimizer steps of the run (end of the decay).
-    warmup_steps: warmup length in steps; None derives it from the config
-      (`resolve_warmup_steps`).
-    steps_per_epoch: needed only when the warmup is given in epochs.
-
-  Returns:
-    The transformation; `update(grads, state, params)` needs `params`.
-  """
-  validate_config(config)
-  if warmup_steps is None:
-    warmup_steps = resolve_warmup_steps(config, steps_per_epoch)
-  schedule = learning_rate_schedule(config, batch_size=batch_size,
-                                    total_steps=total_steps,
-                                    warmup_steps=warmup_steps)
-  parts = []
-  if config.clipping > 0:
-    if config.agc_exclude_classifier:
-      mask = lambda params: agc_mask(params, config.classifier_pattern,
-                                     config.agc_clip_classifier_bias)
-    else:
-      mask = None
-    parts.append(adaptive_grad_clip(config.clipping, config.agc_eps,
-                                    mask=mask))
-  if config.weight_decay > 0:
-    parts.append(optax.add_decayed_weights(config.weight_decay,
-                                           mask=weight_decay_mask))
-  parts.append(optax.sgd(schedule, momentum=config.momentum or None,
-                         nesterov=config.nesterov))
-  return optax.chain(*parts)
-

@@ -1,11 +1,11 @@
-"""Shared config builders for the files in `experiments/`.
+"""The recipes every config file is built from.
 
-`base_config()` defines every field the runner reads (the schema that
-`nfnets.experiment.validate_config` checks overrides against);
 `imagenet_config(model)` is the paper's ImageNet recipe for a registered
-model, with the per-variant values read from the model registry;
-`digits_config()` is the CPU-sized demo. Each `experiments/*.py` file is a
-few lines over one of these.
+model, with the per-variant values read from the model registry's spec;
+`nfnet_config(model)` adds the NFNets' stochastic depth; `digits_config()` is
+the CPU-sized demo. The config files beside this one (and the
+`experiments/*.py` files users type) are a few lines over these; every field
+of the schema is `nfnets.train.config.base_config()`.
 
 Config strings after the file name (`--config=experiments/nfnet_f0.py:ARG`)
 are comma-separated flags; `runlocal` shrinks a config to a smoke test that
@@ -16,15 +16,16 @@ from __future__ import annotations
 from typing import Optional
 
 import ml_collections
-from ml_collections import config_dict
 
 from nfnets import data
 from nfnets import models
-from nfnets import optim
+from nfnets.train import config as config_lib
 
 # [NFNet] sec. 6 / appendix: RandAugment with 4 layers, CutMix (alpha 1.0) and
 # MixUp (alpha 0.2) each applied to half of the batch.
 _RANDAUGMENT_LAYERS = 4
+# For models whose paper gives no magnitude (NF-ResNets, NF-RegNets).
+_DEFAULT_RANDAUGMENT_MAGNITUDE = 10
 _MIXUP_ALPHA = 0.2
 _CUTMIX_ALPHA = 1.0
 # [NFNet] appendix: stochastic depth 0.25 for every F variant.
@@ -39,51 +40,6 @@ def parse_arg(arg: Optional[str]) -> set[str]:
     raise ValueError(f'Unknown config argument(s) {sorted(unknown)}; the '
                      "only one is 'runlocal'.")
   return flags
-
-
-def base_config() -> ml_collections.ConfigDict:
-  """Every field the runner reads, with the NFNet ImageNet recipe's values.
-
-  The training length is given either in steps or in epochs (exactly one of
-  `training.num_steps` and `training.num_epochs`); `nfnets.experiment.get_steps`
-  turns it into steps. The learning rate (0.1 x batch / 256) and its warmup
-  live in `config.optimizer` (see `nfnets.optim.default_config`).
-  """
-  config = ml_collections.ConfigDict()
-
-  config.model = ml_collections.ConfigDict()
-  config.model.name = 'nfnet_f0'
-  # Constructor overrides passed to `nfnets.models.create` (width, drop_rate,
-  # stochdepth_rate, activation, ...); checked against the model's arguments.
-  config.model.kwargs = ml_collections.ConfigDict()
-
-  config.data = data.default_config('imagenet2012')
-  config.optimizer = optim.default_config()
-
-  config.training = ml_collections.ConfigDict()
-  # Global batch over all devices and processes.
-  config.training.batch_size = 4096
-  config.training.num_epochs = config_dict.placeholder(float)
-  config.training.num_steps = config_dict.placeholder(int)
-  config.training.label_smoothing = 0.1
-  # EMA decay, warmed up as min(decay, (1 + t) / (10 + t)) ([NFNet] appendix).
-  config.training.ema_decay = 0.99999
-  # 'float32' or 'bfloat16'; parameters and optimizer state stay float32.
-  config.training.compute_dtype = 'bfloat16'
-  config.training.seed = 0
-  config.training.log_every = 100
-
-  config.eval = ml_collections.ConfigDict()
-  # Global eval batch; evaluation runs every `every_steps` and at the end
-  # (0: only at the end).
-  config.eval.batch_size = 1000
-  config.eval.every_steps = 10_000
-
-  config.checkpoint = ml_collections.ConfigDict()
-  # Saved every `every_steps` (0: only at the end and on SIGTERM).
-  config.checkpoint.every_steps = 1000
-  config.checkpoint.max_to_keep = 3
-  return config
 
 
 def imagenet_config(model: str, arg: Optional[str] = None, *,
@@ -115,19 +71,19 @@ def imagenet_config(model: str, arg: Optional[str] = None, *,
   """
   flags = parse_arg(arg)
   spec = models.get_spec(model)
-  config = base_config()
+  config = config_lib.base_config()
   config.model.name = model
-  kwargs = dict(drop_rate=spec['drop_rate'])
+  kwargs = dict(drop_rate=spec.drop_rate)
   if 'remat' in models.accepted_overrides(model):
     # Listed so that `--config.model.kwargs.remat=True` can switch it on.
     kwargs['remat'] = False
   config.model.kwargs = ml_collections.ConfigDict(dict(kwargs, **model_kwargs))
 
-  config.data.image_size = spec['train_imsize']
-  config.data.eval_image_size = spec['test_imsize']
+  config.data.image_size = spec.train_imsize
+  config.data.eval_image_size = spec.test_imsize
   config.data.randaugment_layers = randaugment_layers
   config.data.randaugment_magnitude = float(
-      spec.get('randaugment_magnitude', 10))
+      spec.randaugment_magnitude or _DEFAULT_RANDAUGMENT_MAGNITUDE)
   config.data.mixup_alpha = mixup_alpha
   config.data.cutmix_alpha = cutmix_alpha
 
@@ -180,7 +136,7 @@ def digits_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   larger thresholds). 'runlocal' shortens it to a few steps.
   """
   flags = parse_arg(arg)
-  config = base_config()
+  config = config_lib.base_config()
   config.model.name = 'nfnet_f0'
   config.model.kwargs = ml_collections.ConfigDict(dict(
       width=0.125, drop_rate=0.1, stochdepth_rate=0.0))

@@ -1,4 +1,4 @@
-"""The training state, its device layout, and checkpoints in a work directory.
+"""Checkpoints and config files in a work directory.
 
 Work directory layout (everything a later tool needs to rebuild the model):
 
@@ -18,25 +18,25 @@ The input pipelines are a pure function of (seed, step), so `TrainState.step`
 is all they need to continue exactly where they were.
 
 `restore_latest(workdir)` returns `(config, state)` from the newest
-checkpoint; `load_config(workdir)` reads only the config.
+checkpoint; `load_config(workdir)` reads only the config; `read_saved(path)`
+returns a checkpoint's arrays as saved, without building a model.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, Optional, Union
 
-import haiku as hk
 import jax
 import ml_collections
-import numpy as np
-import optax
 import orbax.checkpoint as ocp
+
+from nfnets.train import state as state_lib
 
 PathLike = Union[str, os.PathLike]
 
-DATA_AXIS = 'data'
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
 _ITEMS = ('state', 'config')
@@ -44,53 +44,6 @@ _ITEMS = ('state', 'config')
 
 class CheckpointError(RuntimeError):
   """A checkpoint that is missing or cannot be read."""
-
-
-class TrainState(NamedTuple):
-  """Everything that changes during training (a pytree).
-
-  Attributes:
-    step: int32 scalar, number of optimizer updates applied so far.
-    params: model parameters (float32).
-    model_state: Haiku state (e.g. BatchNorm statistics; empty for NF models).
-    opt_state: optax optimizer state.
-    ema_params: exponential moving average of `params`.
-    ema_state: exponential moving average of `model_state`.
-    rng: uint32 [2] PRNG key for the next step's dropout/stochastic depth.
-  """
-  step: jax.Array
-  params: hk.Params
-  model_state: hk.State
-  opt_state: optax.OptState
-  ema_params: hk.Params
-  ema_state: hk.State
-  rng: jax.Array
-
-
-# Sharding ---------------------------------------------------------------------
-
-
-def make_mesh(devices: Optional[list[jax.Device]] = None) -> jax.sharding.Mesh:
-  """A 1-D data-parallel mesh over `devices` (default: all, every process)."""
-  devices = jax.devices() if devices is None else devices
-  return jax.sharding.Mesh(np.asarray(devices), (DATA_AXIS,))
-
-
-def replicated(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
-  """Every device holds the whole array (parameters, optimizer state)."""
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-
-
-def batch_sharded(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
-  """The leading (batch) axis is split over the mesh's data axis."""
-  return jax.sharding.NamedSharding(mesh,
-                                    jax.sharding.PartitionSpec(DATA_AXIS))
-
-
-def abstract(tree: Any, sharding: jax.sharding.Sharding) -> Any:
-  """`jax.ShapeDtypeStruct`s of `tree` (arrays or shapes) with `sharding`."""
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
 # Config files -----------------------------------------------------------------
@@ -145,7 +98,7 @@ def checkpoint_manager(workdir: PathLike, *, max_to_keep: Optional[int] = 3,
   return ocp.CheckpointManager(directory, options=options, item_names=_ITEMS)
 
 
-def save(manager: ocp.CheckpointManager, state: TrainState,
+def save(manager: ocp.CheckpointManager, state: state_lib.TrainState,
          config: ml_collections.ConfigDict) -> None:
   """Starts saving `state` and `config` at `state.step` (asynchronously).
 
@@ -162,52 +115,57 @@ def _step_dir(manager: ocp.CheckpointManager, step: int) -> pathlib.Path:
   return pathlib.Path(str(manager.directory)) / str(step)
 
 
+def _restore_item(manager: ocp.CheckpointManager, step: int, what: str,
+                  **items: Any) -> Any:
+  """`manager.restore` of `items` at `step`, failures as CheckpointError."""
+  try:
+    return manager.restore(step, args=ocp.args.Composite(**items))
+  except Exception as e:  # orbax raises many types; all mean the same here.
+    raise CheckpointError(
+        f'Cannot read {what} {_step_dir(manager, step) / next(iter(items))}: '
+        f'{type(e).__name__}: {e}') from e
+
+
+def _check_step(manager: ocp.CheckpointManager, step: int) -> None:
+  if step not in manager.all_steps():
+    raise CheckpointError(
+        f'No checkpoint at step {step} ({_step_dir(manager, step)}); saved '
+        f'steps: {list(manager.all_steps())}.')
+
+
 def restore(manager: ocp.CheckpointManager, step: int,
-            abstract_state: TrainState) -> TrainState:
+            abstract_state: state_lib.TrainState) -> state_lib.TrainState:
   """Restores the `TrainState` saved at `step`.
 
   Args:
     manager: from `checkpoint_manager`.
     step: a saved step (see `manager.all_steps()`).
     abstract_state: a `TrainState` of `jax.ShapeDtypeStruct`s with shardings
-      (e.g. `abstract(jax.eval_shape(init), replicated(mesh))`); restored
-      arrays take these shapes, dtypes and layouts.
+      (e.g. `state.abstract_train_state(config, mesh)`); restored arrays take
+      these shapes, dtypes and layouts.
 
   Raises:
     CheckpointError: the checkpoint is missing, corrupt or does not match
       `abstract_state`; the message names its directory.
   """
-  path = _step_dir(manager, step)
-  if step not in manager.all_steps():
-    raise CheckpointError(f'No checkpoint at step {step} ({path}); saved '
-                          f'steps: {list(manager.all_steps())}.')
-  try:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state)))
-  except Exception as e:  # orbax raises many types; all mean the same here.
-    raise CheckpointError(
-        f'Cannot restore the checkpoint {path / "state"}: '
-        f'{type(e).__name__}: {e}') from e
-  return restored.state
+  _check_step(manager, step)
+  return _restore_item(manager, step, 'the checkpoint', state=(
+      ocp.args.StandardRestore(abstract_state))).state
 
 
 def restore_config(manager: ocp.CheckpointManager,
                    step: int) -> ml_collections.ConfigDict:
   """The config saved with the checkpoint at `step`."""
-  path = _step_dir(manager, step) / 'config'
-  try:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        config=ocp.args.JsonRestore()))
-  except Exception as e:  # orbax raises many types; all mean the same here.
-    raise CheckpointError(f'Cannot read the config of checkpoint {path}: '
-                          f'{type(e).__name__}: {e}') from e
+  restored = _restore_item(manager, step, 'the config of checkpoint',
+                           config=ocp.args.JsonRestore())
   return ml_collections.ConfigDict(restored.config)
 
 
 def restore_latest(
-    workdir: PathLike, abstract_state: Optional[TrainState] = None,
+    workdir: PathLike,
+    abstract_state: Optional[state_lib.TrainState] = None,
     mesh: Optional[jax.sharding.Mesh] = None,
-) -> tuple[ml_collections.ConfigDict, TrainState]:
+) -> tuple[ml_collections.ConfigDict, state_lib.TrainState]:
   """(config, state) of the newest checkpoint in a work directory.
 
   Args:
@@ -228,11 +186,84 @@ def restore_latest(
       raise CheckpointError(f'No checkpoint in {manager.directory}.')
     config = restore_config(manager, step)
     if abstract_state is None:
-      # Deferred import: the runner imports this module, and only this
-      # default needs the runner's model and optimizer builders.
-      from nfnets import experiment  # pylint: disable=g-import-not-at-top
-      mesh = make_mesh() if mesh is None else mesh
-      abstract_state = experiment.abstract_train_state(config, mesh)
+      mesh = state_lib.make_mesh() if mesh is None else mesh
+      abstract_state = state_lib.abstract_train_state(config, mesh)
     return config, restore(manager, step, abstract_state)
   finally:
     manager.close()
+
+
+@dataclasses.dataclass
+class Saved:
+  """One checkpoint as it was saved, read without building its model.
+
+  Attributes:
+    config: the run's config, as saved with the checkpoint.
+    step: the checkpoint's training step.
+    path: the checkpoint's step directory (WORKDIR/checkpoints/<step>).
+    state: the `TrainState` fields as a dict of host arrays ('params',
+      'ema_params', 'model_state', 'ema_state', ...).
+  """
+  config: ml_collections.ConfigDict
+  step: int
+  path: pathlib.Path
+  state: dict[str, Any]
+
+  def weights(self, use_ema: bool = True) -> tuple[Any, Any]:
+    """(params, model state): the EMA ones, or the raw ones."""
+    prefix = 'ema_' if use_ema else ''
+    try:
+      return (self.state[f'{prefix}params'],
+              self.state['ema_state' if use_ema else 'model_state'])
+    except (KeyError, TypeError) as e:
+      raise CheckpointError(f'{self.path / "state"} is not a TrainState '
+                            f'checkpoint (no {e}).') from e
+
+
+def resolve_path(path: PathLike) -> tuple[pathlib.Path, Optional[int]]:
+  """(work directory, step or None) of a work or step directory."""
+  path = pathlib.Path(path).absolute()
+  if not path.exists():
+    raise CheckpointError(f'No work directory or checkpoint at {path}.')
+  if path.parent.name == CHECKPOINT_DIR and path.name.isdigit():
+    return path.parent.parent, int(path.name)
+  if (path / CHECKPOINT_DIR).is_dir():
+    return path, None
+  raise CheckpointError(
+      f'{path} is neither a work directory (with {CHECKPOINT_DIR}/) nor a '
+      f'checkpoint step directory ({CHECKPOINT_DIR}/<step>).')
+
+
+def read_saved(path: PathLike, step: Optional[int] = None) -> Saved:
+  """Reads one checkpoint of a run as saved, read-only.
+
+  Args:
+    path: a work directory, or one of its checkpoints
+      (WORKDIR/checkpoints/<step>).
+    step: which saved step of a work directory (default: the newest).
+
+  Raises:
+    CheckpointError: no such directory or step, or an unreadable (corrupt)
+      checkpoint; the message names the directory.
+  """
+  workdir, path_step = resolve_path(path)
+  if step is None:
+    step = path_step
+  elif path_step is not None and path_step != step:
+    raise CheckpointError(f'{path} is step {path_step}, not step {step}.')
+  manager = checkpoint_manager(workdir, read_only=True)
+  try:
+    if step is None:
+      step = manager.latest_step()
+      if step is None:
+        raise CheckpointError(f'No checkpoint in {workdir / CHECKPOINT_DIR}.')
+    _check_step(manager, step)
+    config = restore_config(manager, step)
+    # Restored from the checkpoint's own metadata: reading needs no model or
+    # optimizer, and callers check the arrays against theirs.
+    restored = _restore_item(manager, step, 'the checkpoint',
+                             state=ocp.args.StandardRestore())
+  finally:
+    manager.close()
+  return Saved(config=config, step=int(step), path=_step_dir(manager, step),
+               state=restored.state)

@@ -1,11 +1,11 @@
-"""The entry points' re-execution with glibc's huge-page tunable."""
+"""The benchmark scripts' re-execution with glibc's huge-page tunable."""
 import os
 import subprocess
 import sys
 
 import pytest
 
-from nfnets import host
+from benchmarks import _host as host
 
 _LINUX_MADVISE = dict(thp_mode='madvise', glibc_version=(2, 36),
                       system='linux')
@@ -42,7 +42,7 @@ def test_thp_mode_reads_the_bracketed_setting(tmp_path):
 
 _CHILD = """
 import os, sys
-from nfnets import host
+from benchmarks import _host as host
 print('started', flush=True)
 host.reexec_with_huge_pages()
 print('tunables', os.environ.get('GLIBC_TUNABLES', ''))

@@ -1,0 +1,60 @@
+r"""NFNet-F0 ... F7 on ImageNet with the paper's recipe, one file for all.
+
+  python -m nfnets.experiment --config=experiments/nfnet_f1.py --workdir=DIR \
+      --config.data.data_dir=TFDS_DIR
+  python -m nfnets.experiment --config=experiments/nfnet_f1.py:runlocal \
+      --workdir=/tmp/nfnet_f1_smoke   # 1/8 width, digits data, 20 steps, CPU
+
+The variant is the config string's first word, e.g. `nfnet.py:f3` or
+`nfnet.py:f3,runlocal` (default f0; `f0_plus` ... `f7_plus` are the wider
+"+" models); `experiments/nfnet_fN.py` fix it. Per variant ([NFNet] Table 1):
+
+| variant | params | train / test px | RandAugment magnitude | dropout |
+|---|---|---|---|---|
+| F0 | 71.5M | 192 / 256 | 5 | 0.2 |
+| F1 | 132.6M | 224 / 320 | 10 | 0.3 |
+| F2 | 193.8M | 256 / 352 | 10 | 0.4 |
+| F3 | 254.9M | 320 / 416 | 15 | 0.4 |
+| F4 | 316.1M | 384 / 512 | 15 | 0.5 |
+| F5 | 377.2M | 416 / 544 | 15 | 0.5 |
+| F6 | 438.4M | 448 / 576 | 15 | 0.5 |
+| F7 | 499.5M | 480 / 608 | 15 | 0.5 |
+
+Recipe ([NFNet] sec. 6 and appendix): batch 4096 for 360 epochs, LR
+0.1 x B / 256 with 5 warmup epochs then cosine decay to 0, Nesterov 0.9,
+weight decay 2e-5, AGC 0.01 (classifier unclipped), label smoothing 0.1, EMA
+0.99999, RandAugment with 4 layers, CutMix and MixUp on halves of each batch,
+stochastic depth 0.25, bfloat16 compute.
+
+Expected cost: 112,603 steps of 4096 images (461M images seen; 360 epochs
+of ImageNet's 1,281,167 training images) on an accelerator pod; ImageNet
+prepared for tensorflow-datasets in TFDS_DIR.
+"""
+from typing import Callable, Optional
+
+import ml_collections
+
+from nfnets import models
+from nfnets.configs import common
+
+ConfigFn = Callable[[Optional[str]], ml_collections.ConfigDict]
+
+
+def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
+  """The recipe of the variant named first in `arg` ('f0' by default)."""
+  words = [w.strip() for w in (arg or '').split(',') if w.strip()]
+  variant = 'f0'
+  if words and words[0] != 'runlocal':
+    variant = words.pop(0)
+  name = f'nfnet_{variant.lower()}'
+  if name not in models.list_models():
+    known = sorted(m[len('nfnet_'):] for m in models.list_models()
+                   if m.startswith('nfnet_'))
+    raise ValueError(f'Unknown NFNet variant {variant!r}; known: '
+                     f'{", ".join(known)}.')
+  return common.nfnet_config(name, ','.join(words))
+
+
+def variant(name: str) -> ConfigFn:
+  """`get_config` with the variant fixed, e.g. `variant('f1')`."""
+  return lambda arg=None: get_config(','.join(filter(None, [name, arg])))

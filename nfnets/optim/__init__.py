@@ -1,0 +1,17 @@
+"""Optax transforms of the NFNet papers; they know nothing of configs.
+
+`adaptive_grad_clip` (AGC) works on any pytree of arrays; `nfnet_optimizer`
+chains it with weight decay and Nesterov SGD; `warmup_cosine_schedule` is the
+recipe's learning rate; `agc_mask` / `weight_decay_mask` select parameters by
+Haiku module path and name.
+"""
+from nfnets.optim.agc import adaptive_grad_clip
+from nfnets.optim.agc import agc_mask
+from nfnets.optim.agc import CLASSIFIER_PATTERN
+from nfnets.optim.agc import is_classifier
+from nfnets.optim.agc import is_gain_or_bias
+from nfnets.optim.agc import module_and_name
+from nfnets.optim.agc import path_mask
+from nfnets.optim.agc import weight_decay_mask
+from nfnets.optim.nfnet import nfnet_optimizer
+from nfnets.optim.schedules import warmup_cosine_schedule

@@ -1,0 +1,41 @@
+"""Learning-rate schedules of the NFNet recipe."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import optax
+
+
+def warmup_cosine_schedule(peak_value: float, warmup_steps: int,
+                           total_steps: int, end_value: float = 0.0
+                           ) -> optax.Schedule:
+  """Linear warmup from 0 to `peak_value`, then cosine decay to `end_value`.
+
+  lr(s) = peak * s / warmup                              for s < warmup,
+  lr(s) = end + (peak - end) / 2 * (1 + cos(pi * f))     otherwise,
+  with f = (s - warmup) / (total - warmup), clamped to [0, 1].
+
+  Args:
+    peak_value: learning rate reached at step `warmup_steps`.
+    warmup_steps: length of the warmup, in optimizer steps (0: none).
+    total_steps: the step at which the decay reaches `end_value`; later
+      steps stay there.
+    end_value: final learning rate.
+
+  Returns:
+    A schedule step -> float32 learning rate, traceable under jit.
+  """
+  if warmup_steps < 0 or total_steps <= 0 or warmup_steps > total_steps:
+    raise ValueError('Need 0 <= warmup_steps <= total_steps and '
+                     f'total_steps > 0; got warmup_steps={warmup_steps}, '
+                     f'total_steps={total_steps}.')
+  decay_steps = max(total_steps - warmup_steps, 1)
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    warmup = peak_value * step / max(warmup_steps, 1)
+    frac = jnp.clip((step - warmup_steps) / decay_steps, 0.0, 1.0)
+    cosine = end_value + 0.5 * (peak_value - end_value) * (
+        1.0 + jnp.cos(jnp.pi * frac))
+    return jnp.where(step < warmup_steps, warmup, cosine)
+
+  return schedule

@@ -1,0 +1,214 @@
+"""`train_and_evaluate(config, workdir)`: the loop around the one train step.
+
+The step is jitted once with explicit shardings over a 1-D mesh of every
+device. The Python loop around it only moves data, writes logs and
+checkpoints, and reads device values only at log steps.
+
+On start the loop resumes from the work directory's newest checkpoint; it
+saves every `config.checkpoint.every_steps`, at the end, and on SIGTERM. The
+layout of the work directory is described in `nfnets.train.checkpoint`.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import pathlib
+import time
+from typing import Any, Mapping
+
+from absl import logging
+import jax
+import ml_collections
+
+from nfnets import data
+from nfnets.train import checkpoint
+from nfnets.train import config as config_lib
+from nfnets.train import metrics as metrics_lib
+from nfnets.train import preemption
+from nfnets.train import state as state_lib
+from nfnets.train import step as step_lib
+
+Metrics = metrics_lib.Metrics
+
+
+def _evaluate(eval_step: step_lib.EvalStep, state: state_lib.TrainState,
+              config: ml_collections.ConfigDict,
+              sharding: jax.sharding.Sharding) -> Metrics:
+  """Top-1/top-5 and loss over the eval split, raw and EMA weights."""
+  batches = data.build_eval(
+      config.data, batch_size=config.eval.batch_size // jax.process_count(),
+      process_index=jax.process_index(), process_count=jax.process_count())
+  totals = {}
+  for batch in data.prefetch_to_devices(batches, sharding):
+    for prefix, params, model_state in (
+        ('', state.params, state.model_state),
+        ('ema_', state.ema_params, state.ema_state)):
+      for key, value in eval_step(params, model_state, batch).items():
+        key = prefix + key
+        totals[key] = value if key not in totals else totals[key] + value
+  totals = jax.device_get(totals)
+  count = max(int(totals.pop('count')), 1)
+  totals.pop('ema_count')
+  return {f'eval/{k}': float(v) / count for k, v in totals.items()}
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      out.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      out[prefix + key] = value
+  return out
+
+
+def _warn_config_changes(saved: ml_collections.ConfigDict,
+                         config: ml_collections.ConfigDict) -> None:
+  """Logs the fields that differ from the config saved with the checkpoint."""
+  old = _flatten(checkpoint.config_to_dict(saved))
+  new = _flatten(checkpoint.config_to_dict(config))
+  changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+  if changed:
+    logging.warning('Resuming with a config that differs from the '
+                    "checkpoint's: %s.", ', '.join(
+                        f'{k}: {old.get(k)!r} -> {new.get(k)!r}'
+                        for k in changed))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: os.PathLike | str) -> Metrics:
+  """Trains and evaluates `config` in `workdir`, resuming if it has checkpoints.
+
+  Args:
+    config: a full config (see `nfnets.train.config.base_config`); validated
+      before anything is built.
+    workdir: where config, logs and checkpoints go (see
+      `nfnets.train.checkpoint`).
+
+  Returns:
+    The final metrics: 'step', the last logged 'train/...' means and the final
+    'eval/{top1,top5,loss}' and 'eval/ema_{top1,top5,loss}' (fractions), and
+    'preempted' (1.0 if stopped early by SIGTERM, else 0.0).
+
+  Raises:
+    ConfigError: an invalid config (before any compute).
+    checkpoint.CheckpointError: the newest checkpoint cannot be read; it is
+      left as it is.
+    FloatingPointError: a non-finite loss; the message names the step, and
+      the newest checkpoint (from before it) is kept.
+  """
+  config_lib.validate_config(config)
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  tc = config.training
+  mesh = state_lib.make_mesh()
+  replicated = state_lib.replicated(mesh)
+  batch_sharded = state_lib.batch_sharded(mesh)
+  total_steps, _ = config_lib.durations(config)
+
+  model = state_lib.build_model(config)
+  abstract_state = state_lib.abstract_train_state(config, mesh)
+  optimizer, schedule = state_lib.build_optimizer(config)
+  checkpoint.write_config(config, workdir)
+  manager = checkpoint.checkpoint_manager(
+      workdir, max_to_keep=config.checkpoint.max_to_keep)
+  latest = manager.latest_step()
+  if latest is None:
+    init = jax.jit(functools.partial(state_lib.init_train_state, config, model,
+                                     optimizer), out_shardings=replicated)
+    # The initial state is replicated, so the sharding-invariant threefry
+    # buys nothing here, and the classic one halves XLA's CPU compile time
+    # of the many initializers.
+    with jax.threefry_partitionable(False):
+      state = init(jax.random.PRNGKey(tc.seed))
+    logging.info('Starting %s from scratch in %s.', config.model.name, workdir)
+  else:
+    state = checkpoint.restore(manager, latest, abstract_state)
+    logging.info('Resumed from step %d in %s.', latest, workdir)
+    _warn_config_changes(checkpoint.restore_config(manager, latest), config)
+  step = int(jax.device_get(state.step))
+
+  train_step = jax.jit(
+      step_lib.make_train_step(config, model, optimizer),
+      in_shardings=(replicated, batch_sharded),
+      out_shardings=(replicated, replicated), donate_argnums=0)
+  eval_step = jax.jit(step_lib.make_eval_step(config, model),
+                      in_shardings=(replicated, replicated, batch_sharded),
+                      out_shardings=replicated)
+  writer = metrics_lib.MetricWriter(workdir,
+                                    enabled=jax.process_index() == 0)
+  batches = data.prefetch_to_devices(data.build_train(
+      config.data, batch_size=tc.batch_size // jax.process_count(),
+      seed=tc.seed, start_step=step, process_index=jax.process_index(),
+      process_count=jax.process_count()), batch_sharded)
+
+  final: Metrics = {}
+  pending = metrics_lib.Pending()
+
+  def every(n: int) -> bool:
+    return n > 0 and step % n == 0
+
+  last_time, last_step = time.time(), step
+  try:
+    with preemption.PreemptionWatcher() as watcher:
+      stopped = False
+      while step < total_steps:
+        state, metrics = train_step(state, next(batches))
+        step += 1
+        pending.add(step, metrics)
+        is_last = step == total_steps
+        do_log = is_last or every(tc.log_every)
+        stopped = watcher.should_stop(at_log_step=do_log)
+        do_eval = is_last or every(config.eval.every_steps)
+        do_save = is_last or stopped or every(config.checkpoint.every_steps)
+        if do_log or do_eval or do_save:
+          # Reading the metrics waits for the step; a NaN found here stops the
+          # run before its parameters can reach a checkpoint.
+          means = pending.fetch()
+          now = time.time()
+          rate = (step - last_step) / max(now - last_time, 1e-9)
+          last_time, last_step = now, step
+          final = {f'train/{k}': v for k, v in means.items()}
+          final['train/learning_rate'] = float(
+              jax.device_get(schedule(step - 1)))
+          final['train/images_per_sec'] = rate * tc.batch_size
+          writer.write(step, final)
+          logging.info(
+              'step %d/%d  loss %.4f  top1 %.3f  %.0f img/s  ETA %s', step,
+              total_steps, means['loss'], means['top1'],
+              rate * tc.batch_size,
+              metrics_lib.format_eta((total_steps - step) / rate))
+        if do_eval:
+          final.update(_evaluate(eval_step, state, config, batch_sharded))
+          writer.write(step, {k: v for k, v in final.items()
+                              if k.startswith('eval/')})
+          logging.info('step %d eval: %s', step, ', '.join(
+              f'{k[5:]} {v:.4f}' for k, v in final.items()
+              if k.startswith('eval/')))
+        if do_save:
+          # After the evaluation: tfds' mock file system (used in tests) is
+          # process-wide while a pipeline is built, and would swallow the
+          # files of an asynchronous save still being written.
+          checkpoint.save(manager, state, config)
+        if stopped:
+          logging.warning('Stopped at step %d after SIGTERM; checkpoint saved.',
+                          step)
+          break
+  except FloatingPointError as e:
+    manager.wait_until_finished()
+    kept = manager.latest_step()
+    where = (f'the newest checkpoint, {manager.directory}/{kept}, is from '
+             'before it and is kept' if kept is not None else
+             'no checkpoint had been saved yet')
+    raise FloatingPointError(f'{e} Training stopped; {where}.') from None
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+
+  if step == total_steps and not any(k.startswith('eval/') for k in final):
+    # Resumed a finished run: report its evaluation.
+    final.update(_evaluate(eval_step, state, config, batch_sharded))
+  final['step'] = float(step)
+  final['preempted'] = float(stopped if step < total_steps else False)
+  return final

@@ -1,0 +1,115 @@
+"""Metrics of a run: written to TensorBoard and JSON lines, read back.
+
+`MetricWriter` writes from process 0 only; `Pending` keeps per-step device
+metrics until a log step, so the loop reads device values only there.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import time
+from typing import Mapping, Union
+
+import jax
+import numpy as np
+
+Metrics = dict[str, float]
+METRICS_FILE = 'metrics.jsonl'
+
+
+class MetricWriter:
+  """TensorBoard events and a JSON-lines file in the work directory.
+
+  Only process 0 writes; other processes get a writer that does nothing.
+  """
+
+  def __init__(self, workdir: pathlib.Path, enabled: bool = True):
+    self._enabled = enabled
+    if not enabled:
+      return
+    # Deferred: TensorFlow takes seconds to import and only logging needs it.
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from tensorflow.core.framework import summary_pb2  # pylint: disable=g-import-not-at-top
+    self._tf = tf
+    self._tb = tf.summary.create_file_writer(str(workdir / 'tensorboard'))
+    # What tensorboard's scalar summary writes, spelled out: tensorflow-cpu
+    # does not ship the tensorboard package that tf.summary.scalar needs.
+    self._scalar = summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(
+            plugin_name='scalars'))
+    self._jsonl = open(workdir / METRICS_FILE, 'a')
+
+  def write(self, step: int, metrics: Mapping[str, float]) -> None:
+    """Writes scalars at `step`; keys are TensorBoard tags ('train/loss')."""
+    if not self._enabled:
+      return
+    with self._tb.as_default(step=step):
+      for key, value in metrics.items():
+        self._tf.summary.write(key, self._tf.constant(value, self._tf.float32),
+                               metadata=self._scalar)
+    record = {'step': step, 'time': time.time(),
+              **{k: float(v) for k, v in metrics.items()}}
+    self._jsonl.write(json.dumps(record) + '\n')
+    self._jsonl.flush()
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self._enabled:
+      self._tb.close()
+      self._jsonl.close()
+
+
+def read_metrics(workdir: Union[str, os.PathLike]) -> list[dict[str, float]]:
+  """The records of WORKDIR/metrics.jsonl (one dict per logged step).
+
+  Keys are 'step', 'time' and TensorBoard-style tags such as 'train/loss',
+  'eval/top1', 'eval/ema_top1'. A truncated last line (a run killed while
+  writing) is skipped.
+  """
+  path = pathlib.Path(workdir) / METRICS_FILE
+  if not path.exists():
+    raise FileNotFoundError(f'No metrics file {path}.')
+  records = []
+  lines = path.read_text().splitlines()
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if number == len(lines):
+        continue
+      raise ValueError(f'{path}:{number} is not JSON: {e}') from e
+  return records
+
+
+class Pending:
+  """Per-step device metrics kept until the next log step, then fetched."""
+
+  def __init__(self):
+    self.items: list[tuple[int, dict[str, jax.Array]]] = []
+
+  def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+    self.items.append((step, metrics))
+
+  def fetch(self) -> Metrics:
+    """Mean metrics since the last fetch; raises on a non-finite loss."""
+    items, self.items = self.items, []
+    steps = [s for s, _ in items]
+    values = jax.device_get([m for _, m in items])
+    for step, m in zip(steps, values):
+      if not np.isfinite(m['loss']):
+        raise FloatingPointError(f'Non-finite loss ({m["loss"]}) at step '
+                                 f'{step}.')
+    return {k: float(np.mean([m[k] for m in values])) for k in values[0]}
+
+
+def format_eta(seconds: float) -> str:
+  """H:MM:SS, or '?' when not finite."""
+  if not math.isfinite(seconds):
+    return '?'
+  h, rem = divmod(int(seconds), 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}:{m:02d}:{s:02d}'

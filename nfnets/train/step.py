@@ -1,0 +1,149 @@
+"""The one training step and the one evaluation step.
+
+`make_train_step(config, model, optimizer)` is what the runner, the
+benchmarks and the tests all jit: forward in the configured compute dtype,
+label-smoothed (and MixUp/CutMix-mixed) cross-entropy, the configured
+optimizer (AGC, weight decay, Nesterov SGD), and the EMA of the weights.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import jmp
+import ml_collections
+import optax
+
+from nfnets import data
+from nfnets.train import state as state_lib
+
+Batch = Mapping[str, jax.Array]
+TrainStep = Callable[[state_lib.TrainState, Batch],
+                     tuple[state_lib.TrainState, dict[str, jax.Array]]]
+EvalStep = Callable[[hk.Params, hk.State, Batch], dict[str, jax.Array]]
+
+
+def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
+  """EMA decay warmed up as min(decay, (1 + t) / (10 + t)) ([NFNet] appendix).
+
+  Early on the average follows the weights closely, so the EMA weights are
+  useful long before 1 / (1 - decay) steps have passed.
+  """
+  t = step.astype(jnp.float32)
+  return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+
+
+def _ema(decay: jax.Array, average: Any, value: Any) -> Any:
+  def update(a, v):
+    if not jnp.issubdtype(v.dtype, jnp.floating):
+      return v  # Counters and other integer state are copied, not averaged.
+    return (decay * a + (1.0 - decay) * v).astype(v.dtype)
+  return jax.tree.map(update, average, value)
+
+
+def targets_of(batch: Batch, num_classes: int,
+               label_smoothing: float) -> jax.Array:
+  """Smoothed one-hot targets [B, num_classes] of a (possibly mixed) batch.
+
+  With MixUp/CutMix the target is r * onehot(labels) + (1 - r) *
+  onehot(mix_labels); label smoothing then maps t to
+  (1 - eps) * t + eps / num_classes.
+  """
+  targets = jax.nn.one_hot(batch['labels'], num_classes)
+  if 'mix_labels' in batch:
+    ratio = batch['mix_ratio'][:, None]
+    targets = (ratio * targets +
+               (1.0 - ratio) * jax.nn.one_hot(batch['mix_labels'], num_classes))
+  return optax.smooth_labels(targets, label_smoothing)
+
+
+def topk_hits(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+  """bool [B]: whether each label is among its row's `k` largest logits."""
+  return jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1)
+
+
+def _policy(config: ml_collections.ConfigDict) -> jmp.Policy:
+  return jmp.get_policy(
+      f'params=float32,compute={config.training.compute_dtype},output=float32')
+
+
+def make_train_step(config: ml_collections.ConfigDict,
+                    model: hk.TransformedWithState,
+                    optimizer: optax.GradientTransformation) -> TrainStep:
+  """The pure training step of `config`: forward, loss, optimizer, EMA.
+
+  The returned `train_step(state, batch) -> (state, metrics)` takes a global
+  batch {'images': [B, H, W, 3], 'labels': [B] (, 'mix_labels', 'mix_ratio')}
+  and returns scalar metrics: 'loss' (smoothed cross-entropy), 'top1'
+  (against `labels`), 'grad_norm' (global L2 norm before clipping). With
+  `training.ema_decay = 0` no average is kept: the EMA fields carry the
+  weights themselves.
+  """
+  tc = config.training
+  num_classes = data.num_classes(config.data)
+  policy = _policy(config)
+
+  def loss_fn(params, model_state, rng, batch):
+    # Parameters are cast per step, so the float32 master copy gets the
+    # gradients; model state (e.g. BN averages) stays float32.
+    logits, model_state = model.apply(
+        policy.cast_to_compute(params), model_state, rng,
+        policy.cast_to_compute(batch['images']), is_training=True)
+    logits = policy.cast_to_output(logits)  # [B, num_classes]
+    targets = targets_of(batch, num_classes, tc.label_smoothing)
+    loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
+    top1 = jnp.mean(jnp.argmax(logits, -1) == batch['labels'])
+    return loss, (model_state, top1)
+
+  def train_step(state: state_lib.TrainState, batch: Batch):
+    rng, step_rng = jax.random.split(state.rng)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, (model_state, top1)), grads = grad_fn(
+        state.params, state.model_state, step_rng, batch)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    if tc.ema_decay > 0:
+      decay = ema_decay_at(state.step, tc.ema_decay)
+      ema_params = _ema(decay, state.ema_params, params)
+      ema_state = _ema(decay, state.ema_state, model_state)
+    else:
+      ema_params, ema_state = params, model_state
+    new_state = state_lib.TrainState(
+        step=state.step + 1, params=params, model_state=model_state,
+        opt_state=opt_state, ema_params=ema_params, ema_state=ema_state,
+        rng=rng)
+    metrics = {'loss': loss, 'top1': top1,
+               'grad_norm': optax.tree.norm(grads)}
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(config: ml_collections.ConfigDict,
+                   model: hk.TransformedWithState) -> EvalStep:
+  """`eval_step(params, model_state, batch) -> sums over the batch`.
+
+  The batch is {'images', 'labels', 'mask'}; padded rows (mask False) count
+  nowhere. Returns the sums of 'loss' (cross-entropy), 'top1' and 'top5'
+  (correct predictions) and 'count' (valid rows). The same compiled step
+  serves the raw and the EMA weights.
+  """
+  k = min(5, data.num_classes(config.data))
+  policy = _policy(config)
+
+  def eval_step(params, model_state, batch):
+    logits, _ = model.apply(
+        policy.cast_to_compute(params), model_state, None,
+        policy.cast_to_compute(batch['images']), is_training=False)
+    logits = policy.cast_to_output(logits)  # [B, num_classes]
+    labels, mask = batch['labels'], batch['mask']
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    top1 = jnp.argmax(logits, -1) == labels
+    topk = topk_hits(logits, labels, k)
+    return {'loss': jnp.sum(jnp.where(mask, loss, 0.0)),
+            'top1': jnp.sum(top1 & mask), 'top5': jnp.sum(topk & mask),
+            'count': jnp.sum(mask)}
+
+  return eval_step
