@@ -2,15 +2,18 @@
 
 A "model spec" on the command line is a registry name (`nfnet_f0`,
 `nf_resnet50`, ...), optionally with a suffix that swaps the convolution:
-`nf_resnet50@plain` uses an unstandardized conv with bias (a plain convnet with
-the same convolutions), `nfnet_f0@native` forces XLA's native grouped
-convolution, `@split` / `@im2col` force the other formulations. `bn_resnet50`
-is the BatchNorm ResNet-50 baseline: the project's `resnet50_bn` when it is
-registered, else Haiku's `hk.nets.ResNet50`.
+`@plain` is a plain conv with bias, the WSConv2D layout without
+standardization (`layers.PrestandardizedConv2D`), so the model differs from
+the NF one only by the weight standardization; `@prestandardized` is the
+same module, meant for weights exported by `layers.standardize_conv_params`;
+`@native`, `@split`, `@im2col` and `@auto` force that formulation of
+`layers.grouped_conv2d` in every WSConv2D. `bn_resnet50` is the BatchNorm
+ResNet-50 baseline (the registry's `resnet50_bn`).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -46,45 +49,9 @@ def set_host_device_count(argv: Sequence[str]) -> None:
           f'{flags} --xla_force_host_platform_device_count={int(value)}')
 
 
-def conv_with_impl(impl: str) -> type:
-  """A WSConv2D whose grouped convolutions always use formulation `impl`."""
-
-  class _WSConv2D(layers.WSConv2D):
-
-    def __call__(self, inputs: jax.Array) -> jax.Array:
-      kernel = self.standardized_kernel(inputs.shape[-1], inputs.dtype)
-      out = layers.grouped_conv2d(
-          inputs, kernel, stride=self.stride, padding=self.padding,
-          rate=self.kernel_dilation,
-          feature_group_count=self.feature_group_count, impl=impl)
-      bias = hk.get_parameter('bias', (self.output_channels,), inputs.dtype,
-                              init=jnp.zeros)
-      return out + bias
-
-  _WSConv2D.__name__ = 'WSConv2D'
-  return _WSConv2D
-
-
-class PlainConv2D(layers.WSConv2D):
-  """A plain convolution with bias: the WSConv2D layout minus standardization.
-
-  Uses the same grouped-convolution formulation as WSConv2D, so a model built
-  with it differs from the NF model only by the weight standardization.
-  """
-
-  def standardized_kernel(self, in_channels: int,
-                          dtype: jnp.dtype = jnp.float32) -> jax.Array:
-    w_shape = tuple(self.kernel_shape) + (
-        in_channels // self.feature_group_count, self.output_channels)
-    return hk.get_parameter(
-        'w', w_shape, dtype,
-        init=hk.initializers.VarianceScaling(1.0, 'fan_in', 'normal'))
-
-
-_CONV_SUFFIXES = {
-    'plain': PlainConv2D,
-    'prestandardized': layers.PrestandardizedConv2D,
-}
+_CONV_SUFFIXES = ('plain', 'prestandardized')
+# 'matmul' takes only 1x1 kernels, so no whole model can use it.
+_IMPL_SUFFIXES = tuple(i for i in layers.GROUPED_CONV_IMPLS if i != 'matmul')
 
 
 @dataclasses.dataclass
@@ -106,22 +73,21 @@ def build_model(spec: str, num_classes: int = 1000,
   """Builds a `Model` from a spec string (see the module docstring)."""
   name, _, suffix = spec.partition('@')
   if name == 'bn_resnet50':
-    if 'resnet50_bn' in models.list_models():
-      fwd = models.transform('resnet50_bn', num_classes)
-    else:
-      def forward(images, is_training=True):
-        return hk.nets.ResNet50(num_classes)(images, is_training=is_training)
-      fwd = hk.transform_with_state(forward)
-    return Model(spec, fwd, has_state=True)
+    return Model(spec, models.transform('resnet50_bn', num_classes),
+                 has_state=True)
+  if suffix and suffix not in _CONV_SUFFIXES + _IMPL_SUFFIXES:
+    raise ValueError(
+        f'Unknown suffix @{suffix} in {spec!r}; valid: '
+        f'{", ".join("@" + v for v in _CONV_SUFFIXES + _IMPL_SUFFIXES)}.')
   overrides: dict[str, Any] = {}
   if width is not None:
     overrides['width'] = width
   if remat:
     overrides['remat'] = True
   if suffix in _CONV_SUFFIXES:
-    overrides['conv'] = _CONV_SUFFIXES[suffix]
+    overrides['conv'] = layers.PrestandardizedConv2D
   elif suffix:
-    overrides['conv'] = conv_with_impl(suffix)
+    overrides['conv'] = functools.partial(layers.WSConv2D, impl=suffix)
   fwd = models.transform(name, num_classes, **overrides)
   return Model(spec, fwd, has_state=False)
 

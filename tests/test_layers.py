@@ -32,37 +32,78 @@ def test_standardized_weight_has_zero_mean_and_fan_in_variance(shape):
   np.testing.assert_allclose(flat, ref, rtol=1e-4, atol=1e-6)
 
 
-def test_standardize_gradients_match_the_mean_and_var_formula():
-  # The CPU path takes its moments with dots; its gradients must equal those
-  # of the textbook jnp.mean / jnp.var formula (the accelerator path).
+def _numpy_standardize(w, gain, eps):
+  """W_hat = gain * (W - mean) / sqrt(max(N * var, eps)), float64."""
+  w = np.asarray(w, np.float64)
+  axes = tuple(range(w.ndim - 1))
+  fan_in = np.prod(w.shape[:-1])
+  mean = w.mean(axes)
+  var = w.var(axes)
+  return np.asarray(gain, np.float64) * (w - mean) / np.sqrt(
+      np.maximum(fan_in * var, eps))
+
+
+# (shape, scale of w): 1x1, 3x3 dense, 3x3 with the fan-in of a grouped conv
+# (I / G = 4), and weights so small that N * var < eps and the floor applies.
+_STANDARDIZE_CASES = [((1, 1, 5, 7), 3.0), ((3, 3, 8, 16), 1.0),
+                      ((3, 3, 4, 12), 0.5), ((3, 3, 2, 4), 1e-3)]
+
+
+@pytest.mark.parametrize('impl', ['dots', 'reduce'])
+@pytest.mark.parametrize('shape,scale', _STANDARDIZE_CASES)
+def test_standardize_branches_match_numpy(shape, scale, impl):
+  rng = np.random.default_rng(1)
+  w = (scale * rng.normal(0.3, 1.0, size=shape)).astype(np.float32)
+  gain = rng.uniform(0.5, 2.0, size=shape[-1]).astype(np.float32)
+  eps = 1e-4
+  ref = _numpy_standardize(w, gain, eps)
+  flat = np.asarray(w, np.float64).reshape(-1, shape[-1])
+  floored = flat.shape[0] * flat.var(0) < eps
+  assert floored.all() if scale < 1e-2 else not floored.any()
+  got = layers.standardize_weight(jnp.asarray(w), jnp.asarray(gain), eps,
+                                  impl=impl)
+  assert got.shape == shape and got.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-4,
+                             atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize('shape,scale', _STANDARDIZE_CASES)
+def test_standardize_branches_have_the_same_gradients(shape, scale):
   kw, kg, kt = jax.random.split(jax.random.PRNGKey(0), 3)
-  w = 0.3 + jax.random.normal(kw, (3, 3, 6, 10))
-  gain = 1.0 + 0.1 * jax.random.normal(kg, (10,))
-  target = jax.random.normal(kt, w.shape)
+  w = scale * (0.3 + jax.random.normal(kw, shape))
+  gain = 1.0 + 0.1 * jax.random.normal(kg, shape[-1:])
+  target = jax.random.normal(kt, shape)
 
-  def reference(w, gain):
-    mean = jnp.mean(w, axis=(0, 1, 2))
-    var = jnp.var(w, axis=(0, 1, 2))
-    return (w - mean) * jax.lax.rsqrt(jnp.maximum(var * 54, 1e-4)) * gain
+  def grads(impl):
+    def loss(w, gain):
+      out = layers.standardize_weight(w, gain, impl=impl)
+      return jnp.sum(jnp.sin(out) * target)
+    return jax.grad(loss, (0, 1))(w, gain)
 
-  def loss(fn, w, gain):
-    return jnp.sum(jnp.sin(fn(w, gain)) * target)
-
-  got = jax.grad(lambda *a: loss(layers.standardize_weight, *a), (0, 1))(
-      w, gain)
-  ref = jax.grad(lambda *a: loss(reference, *a), (0, 1))(w, gain)
-  for g, r in zip(got, ref):
-    np.testing.assert_allclose(g, r, rtol=1e-4,
-                               atol=1e-5 * float(jnp.max(jnp.abs(r))))
+  for got, ref in zip(grads('dots'), grads('reduce')):
+    np.testing.assert_allclose(got, ref, rtol=1e-5,
+                               atol=1e-6 * float(jnp.max(jnp.abs(ref))))
 
 
-def test_standardize_bfloat16_keeps_dtype_and_float32_moments():
+def test_standardize_auto_is_dots_on_cpu_and_rejects_unknown_impls():
+  w = jax.random.normal(jax.random.PRNGKey(0), (3, 3, 4, 8))
+  gain = jnp.ones(8)
+  assert jax.default_backend() == 'cpu'
+  np.testing.assert_array_equal(
+      layers.standardize_weight(w, gain, impl='auto'),
+      layers.standardize_weight(w, gain, impl='dots'))
+  with pytest.raises(ValueError, match="'dots', 'reduce'"):
+    layers.standardize_weight(w, gain, impl='dot')
+
+
+@pytest.mark.parametrize('impl', ['dots', 'reduce'])
+def test_standardize_bfloat16_keeps_dtype_and_float32_moments(impl):
   w = jax.random.normal(jax.random.PRNGKey(0), (1, 1, 512, 8)) + 2.0
   gain = jnp.ones(8)
-  out = layers.standardize_weight(w.astype(jnp.bfloat16), gain)
+  out = layers.standardize_weight(w.astype(jnp.bfloat16), gain, impl=impl)
   assert out.dtype == jnp.bfloat16
   ref = layers.standardize_weight(w.astype(jnp.bfloat16).astype(jnp.float32),
-                                  gain)
+                                  gain, impl=impl)
   np.testing.assert_allclose(np.asarray(out, np.float32), ref,
                              atol=float(jnp.max(jnp.abs(ref))) * 1e-2)
 
@@ -146,6 +187,39 @@ def test_wsconv_rejects_indivisible_groups():
                 jnp.ones((1, 4, 4, 6)))
 
 
+@pytest.mark.parametrize('impl', ['native', 'split', 'im2col', 'auto'])
+def test_wsconv_impl_changes_neither_parameters_nor_output(impl):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 8))
+  conv = lambda impl: hk.transform(lambda x: layers.WSConv2D(
+      8, 3, stride=2, feature_group_count=4, impl=impl, name='c')(x))
+  params = conv('native').init(jax.random.PRNGKey(1), x)
+  got_params = conv(impl).init(jax.random.PRNGKey(1), x)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, got_params, params)
+  np.testing.assert_allclose(conv(impl).apply(params, None, x),
+                             conv('native').apply(params, None, x),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_conv_impl_is_passed_through_and_validated():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 5, 6))
+  conv = lambda impl: hk.transform(
+      lambda x: layers.Conv2D(4, 1, stride=2, impl=impl, name='c')(x))
+  params = conv('native').init(jax.random.PRNGKey(1), x)
+  assert set(params['c']) == {'w', 'b'}
+  np.testing.assert_allclose(conv('matmul').apply(params, None, x),
+                             conv('native').apply(params, None, x),
+                             rtol=1e-5, atol=1e-6)
+  # The matmul formulation takes only 1x1 kernels: the choice is honoured.
+  with pytest.raises(ValueError, match='1x1 kernels'):
+    hk.transform(lambda x: layers.WSConv2D(4, 3, impl='matmul')(x)).init(
+        jax.random.PRNGKey(0), x)
+  # Rejected when the module is built, before any input is seen.
+  for module in (layers.Conv2D, layers.WSConv2D):
+    with pytest.raises(ValueError, match="'native', 'split'.*Did you mean "
+                                         "'im2col'"):
+      hk.transform(lambda m=module: m(4, 3, impl='im2cl')).init(None)
+
+
 def test_estimate_gamma_matches_relu_analytic_value():
   # For x ~ N(0, 1): Var(relu(x)) = 1/2 - 1/(2 pi).
   analytic = math.sqrt(2.0 / (1.0 - 1.0 / math.pi))
@@ -202,9 +276,6 @@ def test_stochastic_depth_drops_whole_examples_without_rescaling():
   np.testing.assert_array_equal(per_example.min(1), per_example.max(1))
   assert per_example[:, 0].mean() == pytest.approx(0.75, abs=0.03)
   np.testing.assert_array_equal(f.apply({}, None, x, False), x)
-  scaled = hk.transform(lambda x: layers.StochDepth(0.25, True)(x, True))
-  y = np.asarray(scaled.apply({}, jax.random.PRNGKey(0), x))
-  np.testing.assert_allclose(np.unique(y), [0.0, 1 / 0.75], rtol=1e-6)
 
 
 def test_skip_gain_is_a_zero_scalar_parameter():

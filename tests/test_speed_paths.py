@@ -20,6 +20,7 @@ from benchmarks import _common
 from benchmarks import train_step
 from nfnets import layers
 from nfnets import models
+from nfnets.layers import conv as conv_lib
 
 
 def _numpy_grouped_conv(x, w, stride, pads, groups):
@@ -182,17 +183,17 @@ def test_row_kernel_gradient_matches_numpy_and_native(kernel_hw, stride,
   native = functools.partial(layers.grouped_conv2d, stride=stride,
                              padding=padding, impl='native')
   dy = jax.random.normal(kt, native(x, w).shape)
-  pads = layers._explicit_pads((height, width), kernel_hw, stride, padding)  # pylint: disable=protected-access
+  pads = conv_lib._explicit_pads((height, width), kernel_hw, stride, padding)  # pylint: disable=protected-access
   expected = _numpy_kernel_grad(np.asarray(x, np.float64),
                                 np.asarray(dy, np.float64), kernel_hw, stride,
                                 pads)
-  got = layers._kernel_grad_by_rows(x, dy, kernel_hw, stride, padding)  # pylint: disable=protected-access
+  got = conv_lib._kernel_grad_by_rows(x, dy, kernel_hw, stride, padding)  # pylint: disable=protected-access
   np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5,
                              atol=1e-5 * np.abs(expected).max())
 
   # Through the custom VJP: the same forward, XLA's input gradient, and the
   # row kernel gradient, against XLA's own gradients.
-  rows = lambda x, w: layers._dense_conv_cpu(x, w, stride, padding, (1, 1))  # pylint: disable=protected-access
+  rows = lambda x, w: conv_lib._dense_conv_cpu(x, w, stride, padding, (1, 1))  # pylint: disable=protected-access
   np.testing.assert_array_equal(rows(x, w), native(x, w))
 
   def loss(conv, x, w):
@@ -290,7 +291,7 @@ def test_nfnet_grouped_formulations_same_params_forward_and_grads(
   name = shallow_model('nfnet_f0')
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
   labels = jnp.array([1, 7])
-  ref = _tiny_nfnet(name, _common.conv_with_impl('native'))
+  ref = _tiny_nfnet(name, functools.partial(layers.WSConv2D, impl='native'))
   params, state = jax.jit(ref.init)(jax.random.PRNGKey(1), x)
   # Non-zero skip gains so every block's branch reaches the loss.
   params = jax.tree_util.tree_map_with_path(
@@ -309,7 +310,7 @@ def test_nfnet_grouped_formulations_same_params_forward_and_grads(
 
   ref_loss, ref_grads = value_and_grad(ref)
   for impl in ('split', 'im2col', 'auto'):
-    fwd = _tiny_nfnet(name, _common.conv_with_impl(impl))
+    fwd = _tiny_nfnet(name, functools.partial(layers.WSConv2D, impl=impl))
     # Identical parameter tree: same names and shapes.
     p2, _ = jax.eval_shape(fwd.init, jax.random.PRNGKey(1), x)
     assert shapes(p2) == shapes(params)
@@ -326,6 +327,25 @@ def test_nfnet_grouped_formulations_same_params_forward_and_grads(
 
   default_logits, ref_logits = logits(_tiny_nfnet(name)), logits(ref)
   np.testing.assert_allclose(default_logits, ref_logits, rtol=1e-4, atol=1e-5)
+
+
+def test_benchmark_conv_suffixes_keep_the_parameter_tree(shallow_model):
+  name = shallow_model('nfnet_f0')
+  x = jnp.zeros((1, 32, 32, 3))
+
+  def shapes(spec):
+    fwd = _common.build_model(spec, num_classes=10, width=0.125).fwd
+    params, _ = jax.eval_shape(fwd.init, jax.random.PRNGKey(0), x)
+    return jax.tree_util.tree_map(lambda v: v.shape, params)
+
+  ws = shapes(name)
+  assert shapes(f'{name}@native') == ws
+  # '@plain' is the WSConv2D layout without the gains.
+  without_gain = {m: {k: v for k, v in p.items() if k != 'gain'}
+                  for m, p in ws.items()}
+  assert shapes(f'{name}@plain') == without_gain
+  with pytest.raises(ValueError, match='@native'):
+    _common.build_model(f'{name}@natve')
 
 
 @pytest.mark.parametrize('name', ['nfnet_f0', 'nf_resnet50', 'nf_regnet_b0'])
