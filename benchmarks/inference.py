@@ -174,7 +174,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   if args.image_size is None:
     name = args.model.split(',')[0].partition('@')[0]
     args.image_size = (224 if name == 'bn_resnet50' else
-                       _common.models.get_spec(name)['test_imsize'])
+                       _common.models.get_spec(name).test_imsize)
   return args
 
 

@@ -11,10 +11,10 @@ XLA's compile time dominates the tests of tiny models on CPU, so:
 - `digits_run` trains one tiny run per session (once, whichever worker asks
   first), which the checkpoint-evaluation tests and the notebook test read,
   and whose compiled steps a run of the command line with the same flags
-  (`DIGITS_RUN_FLAGS`) finds in the cache;
-- `shallow_model` gives models with fewer blocks (see `tests/shallow.py`).
+  (`DIGITS_RUN_FLAGS`) finds in the cache.
+Tests build shallow models with the `depth` constructor override, e.g.
+`models.create('nfnet_f0', depth=(1, 2), widths=(256, 512), width=0.0625)`.
 """
-import contextlib
 import os
 import pathlib
 import time
@@ -29,7 +29,6 @@ from ml_collections import config_flags
 import pytest
 
 from nfnets import experiment
-from tests import shallow
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 _NO_LLVM_OPT = '--xla_backend_optimization_level=0'
@@ -152,13 +151,3 @@ def digits_run_flags() -> tuple[str, ...]:
   A run started with them compiles the programs `digits_run` compiled.
   """
   return DIGITS_RUN_FLAGS
-
-
-@pytest.fixture
-def shallow_model():
-  """`shallow_model(name)` registers `name`'s shallow twin for one test.
-
-  Returns the twin's registry name; see `tests/shallow.py`.
-  """
-  with contextlib.ExitStack() as stack:
-    yield lambda name: stack.enter_context(shallow.registered(name))[0]

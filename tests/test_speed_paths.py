@@ -3,8 +3,9 @@
 Grouped-convolution formulations against each other and a NumPy reference
 (forward and gradients), pre-standardized inference against the normal
 forward, rematerialized blocks against stored activations, and the benchmark
-train step compiling once. The models are the registered ones' shallow twins
-(tests/shallow.py): the same blocks, fewer of them, for less XLA compile time.
+train step compiling once. The models are the registered ones made shallow
+by constructor overrides (`_shallow`): the same blocks, fewer of them, for less
+XLA compile time.
 """
 import functools
 import sys
@@ -280,15 +281,24 @@ def test_grouped_conv_rejects_unknown_impl():
                           feature_group_count=2, impl='winograd')
 
 
+def _shallow(name):
+  """Overrides for `name`'s first two stages with 1 and 2 blocks.
+
+  That still builds every kind of block: the first (unstrided with a
+  projection, or unexpanded in NF-RegNets), a strided transition and an
+  identity-shortcut block.
+  """
+  return dict(depth=(1, 2), widths=models.get_spec(name).widths[:2])
+
+
 def _tiny_nfnet(name, conv=layers.WSConv2D, **kw):
   return models.transform(name, num_classes=10, width=0.125, drop_rate=0.0,
-                          conv=conv, **kw)
+                          conv=conv, **_shallow(name), **kw)
 
 
 @pytest.mark.slow
-def test_nfnet_grouped_formulations_same_params_forward_and_grads(
-    shallow_model):
-  name = shallow_model('nfnet_f0')
+def test_nfnet_grouped_formulations_same_params_forward_and_grads():
+  name = 'nfnet_f0'
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
   labels = jnp.array([1, 7])
   ref = _tiny_nfnet(name, functools.partial(layers.WSConv2D, impl='native'))
@@ -329,8 +339,10 @@ def test_nfnet_grouped_formulations_same_params_forward_and_grads(
   np.testing.assert_allclose(default_logits, ref_logits, rtol=1e-4, atol=1e-5)
 
 
-def test_benchmark_conv_suffixes_keep_the_parameter_tree(shallow_model):
-  name = shallow_model('nfnet_f0')
+def test_benchmark_conv_suffixes_keep_the_parameter_tree():
+  # The benchmarks take registered names only: the full-depth F0, traced
+  # abstractly.
+  name = 'nfnet_f0'
   x = jnp.zeros((1, 32, 32, 3))
 
   def shapes(spec):
@@ -349,10 +361,9 @@ def test_benchmark_conv_suffixes_keep_the_parameter_tree(shallow_model):
 
 
 @pytest.mark.parametrize('name', ['nfnet_f0', 'nf_resnet50', 'nf_regnet_b0'])
-def test_prestandardized_inference_equals_forward(name, shallow_model):
-  name = shallow_model(name)
+def test_prestandardized_inference_equals_forward(name):
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
-  fwd = models.transform(name, num_classes=10, width=0.25)
+  fwd = models.transform(name, num_classes=10, width=0.25, **_shallow(name))
   params, state = jax.jit(fwd.init)(jax.random.PRNGKey(1), x)
   # Random gains and skip gains: standardization must fold the gain in.
   leaves, tree = jax.tree_util.tree_flatten_with_path(params)
@@ -367,7 +378,7 @@ def test_prestandardized_inference_equals_forward(name, shallow_model):
   exported = layers.standardize_conv_params(params)
   assert not any('gain' in m for m in exported.values())
   fast = models.transform(name, num_classes=10, width=0.25,
-                          conv=layers.PrestandardizedConv2D)
+                          conv=layers.PrestandardizedConv2D, **_shallow(name))
   got, _ = jax.jit(lambda p, x: fast.apply(p, state, None, x,
                                            is_training=False))(exported, x)
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
@@ -380,10 +391,10 @@ def test_prestandardized_inference_equals_forward(name, shallow_model):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name', ['nfnet_f0', 'nf_resnet50', 'nf_regnet_b0'])
-def test_remat_gives_equal_loss_and_grads(name, shallow_model):
-  name = shallow_model(name)
+def test_remat_gives_equal_loss_and_grads(name):
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
-  kwargs = dict(num_classes=10, width=0.125, stochdepth_rate=0.5)
+  kwargs = dict(num_classes=10, width=0.125, stochdepth_rate=0.5,
+                **_shallow(name))
   plain = models.transform(name, **kwargs)
   remat = models.transform(name, remat=True, **kwargs)
   params, state = jax.jit(plain.init)(jax.random.PRNGKey(1), x)
@@ -407,8 +418,9 @@ def test_remat_gives_equal_loss_and_grads(name, shallow_model):
 
 
 @pytest.mark.slow
-def test_benchmark_train_step_compiles_once_and_learns(shallow_model):
-  name = shallow_model('nfnet_f0')
+def test_benchmark_train_step_compiles_once_and_learns():
+  # The benchmark takes registered names only: the full-depth F0.
+  name = 'nfnet_f0'
   args = train_step.parse_args([
       '--model', name, '--width', '0.125', '--batch', '8',
       '--image-size', '32', '--num-classes', '10', '--steps', '0',

@@ -96,7 +96,7 @@ def nf50():
 
 
 def test_nf_resnet_variance_follows_alpha_schedule(nf50):
-  depths = registry.get_spec('nf_resnet50')['depth']
+  depths = registry.get_spec('nf_resnet50').depth
   expected = np.array([p.expected_var for p in
                        common.block_plans(depths, ALPHA, 0.0)])
   # Stages 0 and 1 (large spatial extent): Var = 1 + k alpha^2, k counting
@@ -124,7 +124,7 @@ def test_nf_resnet_ws_has_no_mean_shift(nf50):
 
 
 def test_bn_relu_conv_variance_grows_linearly_within_stage():
-  depths = registry.get_spec('resnet50_bn')['depth']
+  depths = registry.get_spec('resnet50_bn').depth
   bn = _spp('bn_relu_conv', 50)
   for s in _stage_slices(depths)[1:3]:
     var = bn.variance[s]
@@ -143,7 +143,7 @@ def test_bn_relu_conv_variance_grows_linearly_within_stage():
 
 @pytest.mark.slow
 def test_he_init_nf_resnet_mean_shift_grows_with_depth():
-  depths = registry.get_spec('nf_resnet101')['depth']
+  depths = registry.get_spec('nf_resnet101').depth
   ws, he = _spp('nf_resnet_ws', 101), _spp('nf_resnet_he', 101)
   assert np.min(he.mean_sq) > 10 * np.max(ws.mean_sq)
   # The long third stage: the squared channel mean climbs block by block.
@@ -166,7 +166,7 @@ def test_unit_skip_gains_only_at_init():
                            is_training=True)
   got = spp.signal_propagation(name, _noise(size=32), params=params,
                                state=state, width=0.0625)
-  depths = registry.get_spec(name)['depth']
+  depths = registry.get_spec(name).depth
   for s in _stage_slices(depths):
     np.testing.assert_allclose(got.variance[s], got.variance[s.start],
                                rtol=1e-6)
@@ -182,7 +182,7 @@ def test_cli_run_writes_png_and_csv(tmp_path):
   back = spp.read_csv(os.path.join(tmp_path, 'plots', 'spp.csv'))
   assert set(back) == {'nf_resnet_ws', 'relu_bn_conv'}
   for name, r in results.items():
-    assert len(r) == sum(registry.get_spec('nf_resnet50')['depth'])
+    assert len(r) == sum(registry.get_spec('nf_resnet50').depth)
     for stat in spp.STATISTICS:
       np.testing.assert_allclose(getattr(back[name], stat),
                                  getattr(r, stat), rtol=1e-5)

@@ -11,8 +11,7 @@ def _implicit_transfer(*args, **kwargs):
 
 
 def test_train_step_compiles_once_and_the_loop_makes_no_implicit_transfers(
-    tmp_path, monkeypatch, shallow_model):
-  shallow_model('nfnet_f0')
+    tmp_path, monkeypatch):
   config = tiny_config(num_steps=6)
   config.training.log_every = 3
   traces = []

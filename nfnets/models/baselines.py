@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import haiku as hk
 import jax
@@ -31,32 +31,27 @@ import jax.numpy as jnp
 from nfnets import layers
 from nfnets.models import common
 from nfnets.models import nf_resnet
+from nfnets.models import registry
 
 ORDERINGS = ('conv_bn_relu', 'bn_relu_conv', 'relu_bn_conv')
 NORMS = ('batch', 'group')
 
-
-@dataclasses.dataclass(frozen=True)
-class ResNetVariant:
-  """Blocks per stage; widths are the standard ResNet ones."""
-  depth: tuple[int, int, int, int]
-  train_imsize: int = 224
-  test_imsize: int = 224
-  drop_rate: float = 0.0
-
-
-# The same depths as the NF-ResNets (He et al. 2016 Table 1 plus the 288- and
-# 600-layer networks of [NF-ResNet] Figure 1), so each has a normalized twin.
-RESNET_VARIANTS: dict[str, ResNetVariant] = {
-    name: ResNetVariant(v.depth)
-    for name, v in nf_resnet.NF_RESNET_VARIANTS.items()}
+_STAGE_WIDTHS = (256, 512, 1024, 2048)
+_STEM_WIDTH = 64
 # Published parameter counts in millions of the post-activation ResNets
 # ([ResNet] Table 1 architectures; the normalization's scale and offset are the
 # same number of parameters for BatchNorm and GroupNorm).
-RESNET_PARAMS_M = {'50': 25.56, '101': 44.55, '152': 60.19, '200': 64.67}
+_PARAMS_M = {'50': 25.56, '101': 44.55, '152': 60.19, '200': 64.67}
+# The same depths as the NF-ResNets (He et al. 2016 Table 1 plus the 288- and
+# 600-layer networks of [NF-ResNet] Figure 1), so each has a normalized twin;
+# no dropout.
+RESNET_VARIANTS: dict[str, registry.ModelSpec] = {
+    name: registry.ModelSpec(
+        family='resnet', depth=v.depth, widths=_STAGE_WIDTHS,
+        train_imsize=224, test_imsize=224, drop_rate=0.0,
+        classifier='ResNet/~/linear', params_m=_PARAMS_M.get(name))
+    for name, v in nf_resnet.NF_RESNET_VARIANTS.items()}
 
-_STAGE_WIDTHS = (256, 512, 1024, 2048)
-_STEM_WIDTH = 64
 # He et al. 2015: fan-in variance 2 / fan_in keeps the second moment of a
 # ReLU network's activations constant with depth.
 _HE_INIT = hk.initializers.VarianceScaling(2.0, 'fan_in', 'normal')
@@ -226,10 +221,12 @@ class ResBlock(hk.Module):
     return branch + shortcut, branch
 
 
-class ResNet(hk.Module):
+class ResNet(common.ResidualNet):
   """Bottleneck ResNet with BatchNorm or GroupNorm, in any of `ORDERINGS`."""
 
   def __init__(self, num_classes: int, variant: str = '50', *,
+               depth: Optional[Sequence[int]] = None,
+               widths: Optional[Sequence[int]] = None,
                width: float = 1.0, ordering: str = 'conv_bn_relu',
                norm: str = 'batch', groups: int = 32, bn_decay: float = 0.9,
                activation: str = 'relu', drop_rate: Optional[float] = None,
@@ -240,6 +237,10 @@ class ResNet(hk.Module):
     Args:
       num_classes: classifier outputs.
       variant: a key of `RESNET_VARIANTS` ('50', '101', ..., '600').
+      depth: blocks per stage, any number of stages; None takes the
+        variant's.
+      widths: output channels per stage (before `width`), one per stage of
+        `depth`; None takes ResNet's (256, 512, 1024, 2048).
       width: multiplier on every channel count (1.0 is ResNet's 64..2048).
       ordering: one of `ORDERINGS`.
       norm: 'batch' (BatchNorm; uses and updates state) or 'group'.
@@ -251,7 +252,6 @@ class ResNet(hk.Module):
       remat: rematerialize each block in the backward pass.
       name: module name.
     """
-    super().__init__(name=name)
     if variant not in RESNET_VARIANTS:
       raise ValueError(f'Unknown ResNet variant {variant!r}; known: '
                        f'{sorted(RESNET_VARIANTS, key=int)}.')
@@ -261,9 +261,13 @@ class ResNet(hk.Module):
     if norm not in NORMS:
       raise ValueError(f'norm must be one of {NORMS}, got {norm!r}.')
     spec = RESNET_VARIANTS[variant]
-    self.ordering, self.remat = ordering, remat
+    depth, widths = common.stage_layout(depth, widths, spec.depth,
+                                        spec.widths)
+    super().__init__(
+        drop_rate=spec.drop_rate if drop_rate is None else drop_rate,
+        remat=remat, name=name)
+    self.ordering = ordering
     self.activation = layers.raw_activation(activation)
-    self.drop_rate = spec.drop_rate if drop_rate is None else drop_rate
     ch = common.scaled_channels(_STEM_WIDTH, width)
     self.initial_conv = layers.Conv2D(ch, kernel_shape=7, stride=2,
                                       with_bias=False, w_init=_HE_INIT,
@@ -274,9 +278,9 @@ class ResNet(hk.Module):
     if ordering == 'conv_bn_relu':
       self.initial_norm = mk(ch, 'initial_norm')
     self.blocks = []
-    for stage, depth in enumerate(spec.depth):
-      out_ch = common.scaled_channels(_STAGE_WIDTHS[stage], width)
-      for block in range(depth):
+    for stage, num_blocks in enumerate(depth):
+      out_ch = common.scaled_channels(widths[stage], width)
+      for block in range(num_blocks):
         stride = 2 if block == 0 and stage > 0 else 1
         self.blocks.append(ResBlock(
             ch, out_ch, stride=stride, ordering=ordering, norm=norm,
@@ -288,32 +292,34 @@ class ResNet(hk.Module):
       fc_init = hk.initializers.RandomNormal(stddev=0.01)
     self.fc = hk.Linear(num_classes, w_init=fc_init, with_bias=True)
 
-  def __call__(self, x: jax.Array, is_training: bool = True,
-               return_activations: bool = False):
-    """Maps NHWC images to logits [N, num_classes] (no softmax).
+  def stem(self, x: jax.Array, is_training: bool) -> jax.Array:
+    """Strided 7x7 conv and 3x3 max pool: [N, H, W, 3] -> [N, H/4, W/4, C].
 
-    With `return_activations`, returns (logits, `common.Activations`).
+    The post-activation ordering normalizes and activates before the pool.
     """
-    acts = common.Activations()
     out = self.initial_conv(x)
     if self.ordering == 'conv_bn_relu':
       out = self.activation(self.initial_norm(out, is_training))
-    out = hk.max_pool(out, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1),
-                      padding='SAME')
-    acts.stem = out
-    for block in self.blocks:
-      fn = functools.partial(block, is_training=is_training)
-      out, branch = (hk.remat(fn) if self.remat else fn)(out)
-      if return_activations:
-        acts.blocks.append(out)
-        acts.branches.append(branch)
+    return hk.max_pool(out, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1),
+                       padding='SAME')
+
+  def head_features(self, x: jax.Array, is_training: bool) -> jax.Array:
+    """Pre-activation blocks leave their sum unnormalized: finish it here."""
     if self.ordering == 'bn_relu_conv':
-      out = self.activation(self.final_norm(out, is_training))
-    elif self.ordering == 'relu_bn_conv':
-      out = self.final_norm(self.activation(out), is_training)
-    pooled = jnp.mean(out, axis=(1, 2))  # [N, C]
-    acts.pooled = pooled
-    if is_training and self.drop_rate > 0.0:
-      pooled = hk.dropout(hk.next_rng_key(), self.drop_rate, pooled)
-    logits = self.fc(pooled)
-    return (logits, acts) if return_activations else logits
+      return self.activation(self.final_norm(x, is_training))
+    if self.ordering == 'relu_bn_conv':
+      return self.final_norm(self.activation(x), is_training)
+    return x
+
+
+for _variant in RESNET_VARIANTS:
+  registry.register(f'resnet{_variant}_bn', ResNet, RESNET_VARIANTS[_variant],
+                    variant=_variant, norm='batch')
+  registry.register(f'resnet{_variant}_gn', ResNet, RESNET_VARIANTS[_variant],
+                    variant=_variant, norm='group')
+  # HeConv2D has no WS gain, so the NF-ResNet's published count does not hold.
+  registry.register(
+      f'nf_resnet{_variant}_no_ws', nf_resnet.NFResNet,
+      dataclasses.replace(nf_resnet.NF_RESNET_VARIANTS[_variant],
+                          params_m=None),
+      variant=_variant, conv=he_conv_for('relu'))

@@ -1,14 +1,54 @@
-"""Pieces shared by the NF model families: the alpha/beta variance schedule,
-group-width rounding, and the output container for per-block activations."""
+"""Pieces shared by the model families: the stem -> blocks -> pooled head
+network (`ResidualNet`), the per-stage layout and its checks, the NF
+alpha/beta variance schedule, group-width rounding, and the output container
+for per-block activations."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional, Sequence
+import operator
+from typing import Callable, Optional, Sequence, Union
 
 import haiku as hk
 import jax
+import jax.numpy as jnp
+
+from nfnets import layers
 
 ConvFactory = Callable[..., hk.Module]
+Block = Callable[..., tuple[jax.Array, jax.Array]]
+
+
+def stage_layout(
+    depth: Optional[Sequence[int]], widths: Optional[Sequence[int]],
+    default_depth: Sequence[int], default_widths: Sequence[int],
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """Blocks and output widths per stage: the overrides, else the variant's.
+
+  Any number of stages (at least one) is valid: every stage after the first
+  halves the resolution, so a test can build a one- or two-stage network.
+
+  Raises:
+    ValueError: `depth` or `widths` empty or with an entry that is not a
+      positive integer, or the two of different lengths.
+  """
+  layout = {}
+  for what, given, default in (('depth', depth, default_depth),
+                               ('widths', widths, default_widths)):
+    values = default if given is None else given
+    try:
+      layout[what] = tuple(operator.index(v) for v in values)
+      ok = bool(layout[what]) and min(layout[what]) >= 1
+    except TypeError:
+      ok = False
+    if not ok:
+      raise ValueError(f'{what} must be a non-empty sequence of positive '
+                       f'integers, one per stage; got {values!r}.')
+  depth, widths = layout['depth'], layout['widths']
+  if len(depth) != len(widths):
+    raise ValueError(
+        f'depth has {len(depth)} stages but widths has {len(widths)} '
+        f'({widths}); pass widths with one entry per stage of depth.')
+  return depth, widths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,3 +142,54 @@ jax.tree_util.register_dataclass(
     Activations, data_fields=['stem', 'blocks', 'branches', 'pooled'],
     meta_fields=[])
 
+
+class ResidualNet(hk.Module):
+  """Stem -> residual blocks -> head features -> mean pool -> dropout -> fc.
+
+  The forward pass shared by every family. A subclass builds, in its
+  `__init__` and in the order its parameter names depend on, the modules its
+  `stem` and `head_features` use, `self.blocks` (each called as
+  block(x, is_training) -> (output, residual branch)) and the classifier
+  `self.fc`.
+  """
+
+  blocks: list[Block]
+  fc: Callable[[jax.Array], jax.Array]
+
+  def __init__(self, *, drop_rate: float, remat: bool, name: str):
+    """Sets the dropout rate before `fc` and whether to remat the blocks."""
+    super().__init__(name=name)
+    self.drop_rate = drop_rate
+    self.remat = remat
+
+  def stem(self, x: jax.Array, is_training: bool) -> jax.Array:
+    """Images [N, H, W, 3] -> the first block's input [N, H', W', C]."""
+    raise NotImplementedError
+
+  def head_features(self, x: jax.Array, is_training: bool) -> jax.Array:
+    """Last block's output -> the features to pool, [N, H, W, D]."""
+    raise NotImplementedError
+
+  def __call__(
+      self, x: jax.Array, is_training: bool = True,
+      return_activations: bool = False,
+  ) -> Union[jax.Array, tuple[jax.Array, Activations]]:
+    """Maps NHWC images to logits [N, num_classes] (no softmax).
+
+    With `return_activations`, returns (logits, `Activations`).
+    """
+    acts = Activations()
+    out = self.stem(x, is_training)
+    acts.stem = out
+    for block in self.blocks:
+      out, branch = layers.maybe_remat(block, self.remat,
+                                       is_training=is_training)(out)
+      if return_activations:
+        acts.blocks.append(out)
+        acts.branches.append(branch)
+    pooled = jnp.mean(self.head_features(out, is_training), axis=(1, 2))
+    acts.pooled = pooled  # [N, D]
+    if is_training and self.drop_rate > 0.0:
+      pooled = hk.dropout(hk.next_rng_key(), self.drop_rate, pooled)
+    logits = self.fc(pooled)
+    return (logits, acts) if return_activations else logits

@@ -1,9 +1,11 @@
-"""Model size and cost without allocating the model: parameter counts from
-`jax.eval_shape`, multiply-adds from a counting pass over the forward jaxpr."""
+"""Model size and cost without allocating the model: parameter and state
+shapes and counts from `jax.eval_shape`, multiply-adds from a counting pass
+over the forward jaxpr."""
 from __future__ import annotations
 
 from typing import Any, Optional
 
+import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,11 +13,23 @@ import numpy as np
 from nfnets.models import registry
 
 
+def abstract_init(model: hk.TransformedWithState,
+                  image_size: int) -> tuple[hk.Params, hk.State]:
+  """The (params, state) `model.init` would make, as `jax.ShapeDtypeStruct`s.
+
+  Nothing is allocated or computed: `model` is initialized abstractly in
+  evaluation mode on one [1, image_size, image_size, 3] float32 image.
+  """
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  return jax.eval_shape(
+      lambda x: model.init(jax.random.PRNGKey(0), x, is_training=False),
+      images)
+
+
 def _abstract_init(name: str, image_size: int, **overrides: Any):
   fwd = registry.transform(name, **overrides)
+  params, state = abstract_init(fwd, image_size)
   images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-  params, state = jax.eval_shape(
-      lambda x: fwd.init(jax.random.PRNGKey(0), x, is_training=False), images)
   return fwd, params, state, images
 
 
@@ -53,7 +67,7 @@ def count_macs(name: str, image_size: Optional[int] = None,
   FLOPs), at `image_size` or the model's published test resolution.
   """
   if image_size is None:
-    image_size = registry.get_spec(name)['test_imsize']
+    image_size = registry.get_spec(name).test_imsize
   fwd, params, state, images = _abstract_init(name, image_size, **overrides)
   closed = jax.make_jaxpr(
       lambda p, s, x: fwd.apply(p, s, None, x, is_training=False))(

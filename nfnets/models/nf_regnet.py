@@ -6,8 +6,7 @@ on the expanded width, SiLU, and a final 1x1 conv widened as in EfficientNets.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import haiku as hk
 import jax
@@ -15,32 +14,32 @@ import jax.numpy as jnp
 
 from nfnets import layers
 from nfnets.models import common
+from nfnets.models import registry
 
 
-@dataclasses.dataclass(frozen=True)
-class NFRegNetVariant:
-  """One row of the NF-RegNet table of [NF-ResNet] (widths before `width`)."""
-  width: tuple[int, int, int, int]
-  depth: tuple[int, int, int, int]
-  train_imsize: int
-  test_imsize: int
-  drop_rate: float
+def _row(widths: tuple[int, ...], depth: tuple[int, ...], train_imsize: int,
+         test_imsize: int, drop_rate: float,
+         params_m: Optional[float] = None) -> registry.ModelSpec:
+  return registry.ModelSpec(
+      family='nf_regnet', depth=depth, widths=widths,
+      train_imsize=train_imsize, test_imsize=test_imsize, drop_rate=drop_rate,
+      classifier='NF_RegNet/~/linear', params_m=params_m)
 
 
-NF_REGNET_VARIANTS: dict[str, NFRegNetVariant] = {
-    'B0': NFRegNetVariant((48, 104, 208, 440), (1, 3, 6, 6), 192, 224, 0.2),
-    'B1': NFRegNetVariant((48, 104, 208, 440), (2, 4, 7, 7), 224, 256, 0.2),
-    'B2': NFRegNetVariant((56, 112, 232, 488), (2, 4, 8, 8), 240, 272, 0.3),
-    'B3': NFRegNetVariant((56, 128, 248, 528), (2, 5, 9, 9), 288, 320, 0.3),
-    'B4': NFRegNetVariant((64, 144, 288, 616), (2, 6, 11, 11), 320, 384, 0.4),
-    'B5': NFRegNetVariant((80, 168, 336, 704), (3, 7, 14, 14), 384, 456, 0.4),
-    'B6': NFRegNetVariant((88, 184, 376, 792), (3, 8, 16, 16), 448, 528, 0.5),
-    'B7': NFRegNetVariant((96, 208, 416, 880), (4, 10, 19, 19), 512, 600, 0.5),
-    'B8': NFRegNetVariant((104, 232, 456, 968), (4, 11, 22, 22), 600, 672,
-                          0.5),
+# The NF-RegNet table of [NF-ResNet]. Columns: stage widths (before `width`
+# and the 0.75 below), depth, train and test resolution, dropout, published
+# parameters in millions (for the variants the tests check).
+NF_REGNET_VARIANTS: dict[str, registry.ModelSpec] = {
+    'B0': _row((48, 104, 208, 440), (1, 3, 6, 6), 192, 224, 0.2, 8.60),
+    'B1': _row((48, 104, 208, 440), (2, 4, 7, 7), 224, 256, 0.2),
+    'B2': _row((56, 112, 232, 488), (2, 4, 8, 8), 240, 272, 0.3),
+    'B3': _row((56, 128, 248, 528), (2, 5, 9, 9), 288, 320, 0.3),
+    'B4': _row((64, 144, 288, 616), (2, 6, 11, 11), 320, 384, 0.4),
+    'B5': _row((80, 168, 336, 704), (3, 7, 14, 14), 384, 456, 0.4),
+    'B6': _row((88, 184, 376, 792), (3, 8, 16, 16), 448, 528, 0.5),
+    'B7': _row((96, 208, 416, 880), (4, 10, 19, 19), 512, 600, 0.5),
+    'B8': _row((104, 232, 456, 968), (4, 11, 22, 22), 600, 672, 0.5, 142.3),
 }
-# Published parameter counts in millions, for the variants the tests check.
-NF_REGNET_PARAMS_M = {'B0': 8.60, 'B8': 142.3}
 
 # The table's widths are scaled by 0.75 in the released models.
 _BASE_WIDTH_MULT = 0.75
@@ -92,10 +91,12 @@ class NFBlock(hk.Module):
     return out * self.alpha + shortcut, branch
 
 
-class NFRegNet(hk.Module):
+class NFRegNet(common.ResidualNet):
   """Normalizer-Free RegNet ([NF-ResNet] sec. 5)."""
 
   def __init__(self, num_classes: int, variant: str = 'B0', *,
+               depth: Optional[Sequence[int]] = None,
+               widths: Optional[Sequence[int]] = None,
                width: float = 1.0, expansion: float = 2.25,
                group_size: int = 8, se_ratio: float = 0.5, alpha: float = 0.2,
                stochdepth_rate: float = 0.1, drop_rate: Optional[float] = None,
@@ -109,6 +110,11 @@ class NFRegNet(hk.Module):
     Args:
       num_classes: classifier outputs.
       variant: a key of `NF_REGNET_VARIANTS` ('B0'..'B8').
+      depth: blocks per stage, any number of stages; None takes the
+        variant's.
+      widths: output channels per stage before `width` and the released
+        models' 0.75 scaling, one per stage of `depth`; None takes the
+        variant's.
       width: multiplier on every channel count (1.0 is the published model).
       expansion: inner width of a block relative to its input.
       group_size: channels per group of the 3x3 convs.
@@ -123,22 +129,24 @@ class NFRegNet(hk.Module):
         memory for about one more forward pass of compute).
       name: module name.
     """
-    super().__init__(name=name)
-    self.remat = remat
     if variant not in NF_REGNET_VARIANTS:
       raise ValueError(f'Unknown NF-RegNet variant {variant!r}; known: '
                        f'{sorted(NF_REGNET_VARIANTS)}.')
     spec = NF_REGNET_VARIANTS[variant]
+    depth, widths = common.stage_layout(depth, widths, spec.depth,
+                                        spec.widths)
+    super().__init__(
+        drop_rate=spec.drop_rate if drop_rate is None else drop_rate,
+        remat=remat, name=name)
     self.activation = layers.scaled_activation(activation)
-    self.drop_rate = spec.drop_rate if drop_rate is None else drop_rate
     mult = _BASE_WIDTH_MULT * width
-    ch = common.scaled_channels(spec.width[0], mult)
+    ch = common.scaled_channels(widths[0], mult)
     self.initial_conv = conv(ch, kernel_shape=3, stride=2,
                              name='initial_conv')
-    self.plans = common.block_plans(spec.depth, alpha, stochdepth_rate)
+    self.plans = common.block_plans(depth, alpha, stochdepth_rate)
     self.blocks = []
     for plan in self.plans:
-      out_ch = common.scaled_channels(spec.width[plan.stage], mult)
+      out_ch = common.scaled_channels(widths[plan.stage], mult)
       # The first block does not expand, following EfficientNets.
       self.blocks.append(NFBlock(
           ch, out_ch, expansion=1.0 if plan.index == 0 else expansion,
@@ -154,25 +162,17 @@ class NFRegNet(hk.Module):
     self.fc = hk.Linear(num_classes, w_init=fc_init or jnp.zeros,
                         with_bias=True)
 
-  def __call__(self, x: jax.Array, is_training: bool = True,
-               return_activations: bool = False):
-    """Maps NHWC images to logits [N, num_classes] (no softmax).
+  def stem(self, x: jax.Array, is_training: bool) -> jax.Array:
+    """One strided 3x3 conv: [N, H, W, 3] -> [N, H/2, W/2, C]."""
+    del is_training
+    return self.initial_conv(x)
 
-    With `return_activations`, returns (logits, `common.Activations`).
-    """
-    acts = common.Activations()
-    out = self.initial_conv(x)
-    acts.stem = out
-    for block in self.blocks:
-      out, branch = layers.maybe_remat(block, self.remat,
-                                       is_training=is_training)(out)
-      if return_activations:
-        acts.blocks.append(out)
-        acts.branches.append(branch)
-    out = self.activation(self.final_conv(out))
-    pooled = jnp.mean(out, axis=(1, 2))  # [N, C]
-    acts.pooled = pooled
-    if is_training and self.drop_rate > 0.0:
-      pooled = hk.dropout(hk.next_rng_key(), self.drop_rate, pooled)
-    logits = self.fc(pooled)
-    return (logits, acts) if return_activations else logits
+  def head_features(self, x: jax.Array, is_training: bool) -> jax.Array:
+    """The widening final 1x1 conv, activated."""
+    del is_training
+    return self.activation(self.final_conv(x))
+
+
+for _variant in NF_REGNET_VARIANTS:
+  registry.register(f'nf_regnet_{_variant.lower()}', NFRegNet,
+                    NF_REGNET_VARIANTS[_variant], variant=_variant)

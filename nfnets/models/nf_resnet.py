@@ -6,42 +6,40 @@ the alpha/beta variance schedule and a zero-initialised skip gain. The 288- and
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import haiku as hk
 import jax
-import jax.numpy as jnp
 
 from nfnets import layers
 from nfnets.models import common
+from nfnets.models import registry
 
 
-@dataclasses.dataclass(frozen=True)
-class NFResNetVariant:
-  """Blocks per stage; widths are the standard ResNet ones."""
-  depth: tuple[int, int, int, int]
-  train_imsize: int = 224
-  test_imsize: int = 224
-  drop_rate: float = 0.25
+_STAGE_WIDTHS = (256, 512, 1024, 2048)
+_STEM_WIDTH = 64
+
+
+def _row(depth: tuple[int, ...],
+         params_m: Optional[float] = None) -> registry.ModelSpec:
+  return registry.ModelSpec(
+      family='nf_resnet', depth=depth, widths=_STAGE_WIDTHS, train_imsize=224,
+      test_imsize=224, drop_rate=0.25, classifier='NF_ResNet/~/linear',
+      params_m=params_m)
 
 
 # Stage depths of He et al. 2016 (Table 1), and the deep variants of
 # [NF-ResNet] Figure 1 (3 layers per bottleneck block, 4 equal stages).
-NF_RESNET_VARIANTS: dict[str, NFResNetVariant] = {
-    '50': NFResNetVariant((3, 4, 6, 3)),
-    '101': NFResNetVariant((3, 4, 23, 3)),
-    '152': NFResNetVariant((3, 8, 36, 3)),
-    '200': NFResNetVariant((3, 24, 36, 3)),
-    '288': NFResNetVariant((24, 24, 24, 24)),
-    '600': NFResNetVariant((50, 50, 50, 50)),
+# Published parameter counts in millions are those of the BN ResNets of the
+# same shape (WS gains and biases replace BN scales and offsets one for one).
+NF_RESNET_VARIANTS: dict[str, registry.ModelSpec] = {
+    '50': _row((3, 4, 6, 3), 25.56),
+    '101': _row((3, 4, 23, 3), 44.55),
+    '152': _row((3, 8, 36, 3), 60.19),
+    '200': _row((3, 24, 36, 3), 64.67),
+    '288': _row((24, 24, 24, 24)),
+    '600': _row((50, 50, 50, 50)),
 }
-# Published parameter counts in millions (those of the BN ResNets of the same
-# shape; WS gains and biases replace BN scales and offsets one for one).
-NF_RESNET_PARAMS_M = {'50': 25.56, '101': 44.55, '152': 60.19, '200': 64.67}
-
-_STAGE_WIDTHS = (256, 512, 1024, 2048)
-_STEM_WIDTH = 64
 
 
 class NFResBlock(hk.Module):
@@ -87,10 +85,12 @@ class NFResBlock(hk.Module):
     return out * self.alpha + shortcut, branch
 
 
-class NFResNet(hk.Module):
+class NFResNet(common.ResidualNet):
   """Normalizer-Free ResNet ([NF-ResNet] sec. 4)."""
 
   def __init__(self, num_classes: int, variant: str = '50', *,
+               depth: Optional[Sequence[int]] = None,
+               widths: Optional[Sequence[int]] = None,
                width: float = 1.0, alpha: float = 0.2,
                stochdepth_rate: float = 0.1, drop_rate: Optional[float] = None,
                activation: Union[str, layers.Activation] = 'relu',
@@ -104,6 +104,10 @@ class NFResNet(hk.Module):
     Args:
       num_classes: classifier outputs.
       variant: a key of `NF_RESNET_VARIANTS` ('50', '101', ..., '600').
+      depth: blocks per stage, any number of stages; None takes the
+        variant's.
+      widths: output channels per stage (before `width`), one per stage of
+        `depth`; None takes ResNet's (256, 512, 1024, 2048).
       width: multiplier on every channel count (1.0 is ResNet's 64..2048).
       alpha: residual branch scale.
       stochdepth_rate: stochastic depth rate of the last block.
@@ -117,21 +121,23 @@ class NFResNet(hk.Module):
         memory for about one more forward pass of compute).
       name: module name.
     """
-    super().__init__(name=name)
-    self.remat = remat
     if variant not in NF_RESNET_VARIANTS:
       raise ValueError(f'Unknown NF-ResNet variant {variant!r}; known: '
                        f'{sorted(NF_RESNET_VARIANTS, key=int)}.')
     spec = NF_RESNET_VARIANTS[variant]
+    depth, widths = common.stage_layout(depth, widths, spec.depth,
+                                        spec.widths)
+    super().__init__(
+        drop_rate=spec.drop_rate if drop_rate is None else drop_rate,
+        remat=remat, name=name)
     self.activation = layers.scaled_activation(activation)
-    self.drop_rate = spec.drop_rate if drop_rate is None else drop_rate
     ch = common.scaled_channels(_STEM_WIDTH, width)
     self.initial_conv = conv(ch, kernel_shape=7, stride=2,
                              name='initial_conv')
-    self.plans = common.block_plans(spec.depth, alpha, stochdepth_rate)
+    self.plans = common.block_plans(depth, alpha, stochdepth_rate)
     self.blocks = []
     for plan in self.plans:
-      out_ch = common.scaled_channels(_STAGE_WIDTHS[plan.stage], width)
+      out_ch = common.scaled_channels(widths[plan.stage], width)
       stride = 2 if plan.first_in_stage and plan.stage > 0 else 1
       self.blocks.append(NFResBlock(
           ch, out_ch, stride=stride, beta=plan.beta, alpha=alpha,
@@ -143,26 +149,19 @@ class NFResNet(hk.Module):
       fc_init = hk.initializers.RandomNormal(stddev=0.01)
     self.fc = hk.Linear(num_classes, w_init=fc_init, with_bias=True)
 
-  def __call__(self, x: jax.Array, is_training: bool = True,
-               return_activations: bool = False):
-    """Maps NHWC images to logits [N, num_classes] (no softmax).
-
-    With `return_activations`, returns (logits, `common.Activations`).
-    """
-    acts = common.Activations()
+  def stem(self, x: jax.Array, is_training: bool) -> jax.Array:
+    """Strided 7x7 conv and 3x3 max pool: [N, H, W, 3] -> [N, H/4, W/4, C]."""
+    del is_training
     out = self.initial_conv(x)
-    out = hk.max_pool(out, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1),
-                      padding='SAME')
-    acts.stem = out
-    for block in self.blocks:
-      out, branch = layers.maybe_remat(block, self.remat,
-                                       is_training=is_training)(out)
-      if return_activations:
-        acts.blocks.append(out)
-        acts.branches.append(branch)
-    pooled = jnp.mean(self.activation(out), axis=(1, 2))  # [N, C]
-    acts.pooled = pooled
-    if is_training and self.drop_rate > 0.0:
-      pooled = hk.dropout(hk.next_rng_key(), self.drop_rate, pooled)
-    logits = self.fc(pooled)
-    return (logits, acts) if return_activations else logits
+    return hk.max_pool(out, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1),
+                       padding='SAME')
+
+  def head_features(self, x: jax.Array, is_training: bool) -> jax.Array:
+    """The pre-activation blocks leave their sum unactivated; activate it."""
+    del is_training
+    return self.activation(x)
+
+
+for _variant in NF_RESNET_VARIANTS:
+  registry.register(f'nf_resnet{_variant}', NFResNet,
+                    NF_RESNET_VARIANTS[_variant], variant=_variant)

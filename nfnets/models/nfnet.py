@@ -7,51 +7,50 @@ Parameter paths follow the reference release (`NFNet/~/stem_conv0`,
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import haiku as hk
 import jax
-import jax.numpy as jnp
 
 from nfnets import layers
 from nfnets.models import common
-
-
-@dataclasses.dataclass(frozen=True)
-class NFNetVariant:
-  """One row of [NFNet] Table 1 (with the "+" widths from its appendix)."""
-  width: tuple[int, int, int, int]
-  depth: tuple[int, int, int, int]
-  train_imsize: int
-  test_imsize: int
-  randaugment_magnitude: int
-  drop_rate: float
+from nfnets.models import registry
 
 
 _BASE_WIDTH = (256, 512, 1536, 1536)
 _PLUS_WIDTH = (384, 768, 2048, 2048)
 
-# [NFNet] Table 1: depths are [1, 2, 6, 3] * (N + 1) for FN.
-NFNET_VARIANTS: dict[str, NFNetVariant] = {
-    'F0': NFNetVariant(_BASE_WIDTH, (1, 2, 6, 3), 192, 256, 5, 0.2),
-    'F1': NFNetVariant(_BASE_WIDTH, (2, 4, 12, 6), 224, 320, 10, 0.3),
-    'F2': NFNetVariant(_BASE_WIDTH, (3, 6, 18, 9), 256, 352, 10, 0.4),
-    'F3': NFNetVariant(_BASE_WIDTH, (4, 8, 24, 12), 320, 416, 15, 0.4),
-    'F4': NFNetVariant(_BASE_WIDTH, (5, 10, 30, 15), 384, 512, 15, 0.5),
-    'F5': NFNetVariant(_BASE_WIDTH, (6, 12, 36, 18), 416, 544, 15, 0.5),
-    'F6': NFNetVariant(_BASE_WIDTH, (7, 14, 42, 21), 448, 576, 15, 0.5),
-    'F7': NFNetVariant(_BASE_WIDTH, (8, 16, 48, 24), 480, 608, 15, 0.5),
-}
-NFNET_VARIANTS.update({
-    f'{k}+': dataclasses.replace(v, width=_PLUS_WIDTH)
-    for k, v in list(NFNET_VARIANTS.items())})
 
-# Published parameter counts in millions ([NFNet] Table 1).
-NFNET_PARAMS_M = {'F0': 71.5, 'F1': 132.6, 'F2': 193.8, 'F3': 254.9,
-                  'F4': 316.1, 'F5': 377.2, 'F6': 438.4, 'F7': 499.5}
-# Published inference cost in billions of multiply-adds at the test resolution
-# ([NFNet] Table 1), for the variants checked by the tests.
-NFNET_GFLOPS = {'F0': 12.38, 'F6': 377.28}
+def _row(depth: tuple[int, ...], train_imsize: int, test_imsize: int,
+         randaugment_magnitude: int, drop_rate: float,
+         params_m: Optional[float] = None,
+         gmacs: Optional[float] = None) -> registry.ModelSpec:
+  return registry.ModelSpec(
+      family='nfnet', depth=depth, widths=_BASE_WIDTH,
+      train_imsize=train_imsize, test_imsize=test_imsize,
+      drop_rate=drop_rate, classifier='NFNet/~/linear', params_m=params_m,
+      gmacs=gmacs, randaugment_magnitude=randaugment_magnitude)
+
+
+# [NFNet] Table 1: depths are [1, 2, 6, 3] * (N + 1) for FN. Columns: depth,
+# train and test resolution, RandAugment magnitude, dropout, published
+# parameters (millions) and inference multiply-adds at the test resolution
+# (billions; for the variants the tests check).
+NFNET_VARIANTS: dict[str, registry.ModelSpec] = {
+    'F0': _row((1, 2, 6, 3), 192, 256, 5, 0.2, 71.5, 12.38),
+    'F1': _row((2, 4, 12, 6), 224, 320, 10, 0.3, 132.6),
+    'F2': _row((3, 6, 18, 9), 256, 352, 10, 0.4, 193.8),
+    'F3': _row((4, 8, 24, 12), 320, 416, 15, 0.4, 254.9),
+    'F4': _row((5, 10, 30, 15), 384, 512, 15, 0.5, 316.1),
+    'F5': _row((6, 12, 36, 18), 416, 544, 15, 0.5, 377.2),
+    'F6': _row((7, 14, 42, 21), 448, 576, 15, 0.5, 438.4, 377.28),
+    'F7': _row((8, 16, 48, 24), 480, 608, 15, 0.5, 499.5),
+}
+# The wider "+" variants of the appendix, which publishes no counts for them.
+NFNET_VARIANTS.update({
+    f'{k}+': dataclasses.replace(v, widths=_PLUS_WIDTH, params_m=None,
+                                 gmacs=None)
+    for k, v in list(NFNET_VARIANTS.items())})
 
 
 class NFBlock(hk.Module):
@@ -110,10 +109,12 @@ class NFBlock(hk.Module):
     return out * self.alpha + shortcut, branch
 
 
-class NFNet(hk.Module):
+class NFNet(common.ResidualNet):
   """Normalizer-Free Network, F-series ([NFNet] sec. 5 and Table 1)."""
 
   def __init__(self, num_classes: int, variant: str = 'F0', *,
+               depth: Optional[Sequence[int]] = None,
+               widths: Optional[Sequence[int]] = None,
                width: float = 1.0, se_ratio: float = 0.5, alpha: float = 0.2,
                stochdepth_rate: float = 0.1, drop_rate: Optional[float] = None,
                activation: Union[str, layers.Activation] = 'gelu',
@@ -128,6 +129,10 @@ class NFNet(hk.Module):
     Args:
       num_classes: classifier outputs.
       variant: a key of `NFNET_VARIANTS` ('F0'..'F7', 'F0+'..'F7+').
+      depth: blocks per stage, any number of stages; None takes the
+        variant's.
+      widths: output channels per stage (before `width`), one per stage of
+        `depth`; None takes the variant's. The stem ends at half the first.
       width: multiplier on every channel count (1.0 is the published model);
         group widths shrink with it so tiny models stay valid.
       se_ratio: Squeeze-Excite hidden width as a fraction of its input.
@@ -145,17 +150,19 @@ class NFNet(hk.Module):
         memory for about one more forward pass of compute).
       name: module name.
     """
-    super().__init__(name=name)
-    self.remat = remat
     if variant not in NFNET_VARIANTS:
       raise ValueError(f'Unknown NFNet variant {variant!r}; known: '
                        f'{sorted(NFNET_VARIANTS)}.')
     spec = NFNET_VARIANTS[variant]
+    depth, widths = common.stage_layout(depth, widths, spec.depth,
+                                        spec.widths)
+    super().__init__(
+        drop_rate=spec.drop_rate if drop_rate is None else drop_rate,
+        remat=remat, name=name)
     self.num_classes = num_classes
     self.activation = layers.scaled_activation(activation)
-    self.drop_rate = spec.drop_rate if drop_rate is None else drop_rate
     group_size = common.scaled_channels(group_size, width)
-    ch = common.scaled_channels(spec.width[0] // 2, width)
+    ch = common.scaled_channels(widths[0] // 2, width)
     stem_widths = [common.scaled_channels(c, width) for c in (16, 32, 64)]
     self.stem_convs = [
         conv(stem_widths[0], kernel_shape=3, stride=2, name='stem_conv0'),
@@ -163,10 +170,10 @@ class NFNet(hk.Module):
         conv(stem_widths[2], kernel_shape=3, stride=1, name='stem_conv2'),
         conv(ch, kernel_shape=3, stride=2, name='stem_conv3'),
     ]
-    self.plans = common.block_plans(spec.depth, alpha, stochdepth_rate)
+    self.plans = common.block_plans(depth, alpha, stochdepth_rate)
     self.blocks = []
     for plan in self.plans:
-      out_ch = common.scaled_channels(spec.width[plan.stage], width)
+      out_ch = common.scaled_channels(widths[plan.stage], width)
       stride = 2 if plan.first_in_stage and plan.stage > 0 else 1
       self.blocks.append(NFBlock(
           ch, out_ch, expansion=expansion, se_ratio=se_ratio,
@@ -180,27 +187,20 @@ class NFNet(hk.Module):
       fc_init = hk.initializers.RandomNormal(stddev=0.01)
     self.fc = hk.Linear(num_classes, w_init=fc_init, with_bias=True)
 
-  def __call__(self, x: jax.Array, is_training: bool = True,
-               return_activations: bool = False):
-    """Maps NHWC images to logits [N, num_classes] (no softmax).
-
-    With `return_activations`, returns (logits, `common.Activations`).
-    """
-    acts = common.Activations()
+  def stem(self, x: jax.Array, is_training: bool) -> jax.Array:
+    """Four 3x3 convs, two of them strided: [N, H, W, 3] -> [N, H/4, W/4, C]."""
+    del is_training
     out = x
     for i, stem_conv in enumerate(self.stem_convs):
       out = stem_conv(out if i == 0 else self.activation(out))
-    acts.stem = out
-    for block in self.blocks:
-      out, branch = layers.maybe_remat(block, self.remat,
-                                       is_training=is_training)(out)
-      if return_activations:
-        acts.blocks.append(out)
-        acts.branches.append(branch)
-    out = self.activation(self.final_conv(out))
-    pooled = jnp.mean(out, axis=(1, 2))  # [N, C]
-    acts.pooled = pooled
-    if is_training and self.drop_rate > 0.0:
-      pooled = hk.dropout(hk.next_rng_key(), self.drop_rate, pooled)
-    logits = self.fc(pooled)
-    return (logits, acts) if return_activations else logits
+    return out
+
+  def head_features(self, x: jax.Array, is_training: bool) -> jax.Array:
+    """The widening final 1x1 conv, activated."""
+    del is_training
+    return self.activation(self.final_conv(x))
+
+
+for _variant in NFNET_VARIANTS:
+  registry.register(f'nfnet_{_variant.lower().replace("+", "_plus")}', NFNet,
+                    NFNET_VARIANTS[_variant], variant=_variant)

@@ -1,7 +1,9 @@
 """One registry of model names: name -> (module class, fixed arguments, spec).
 
+Each family file registers its own variants when it is imported (importing
+`nfnets.models` imports them all); this module imports no family.
 `create(name, num_classes, **overrides)` returns a forward function to wrap in
-`hk.transform_with_state`; families add themselves with `register`.
+`hk.transform_with_state`.
 """
 from __future__ import annotations
 
@@ -11,12 +13,40 @@ from typing import Any, Callable, Optional
 
 import haiku as hk
 
-from nfnets.models import baselines
-from nfnets.models import nf_regnet
-from nfnets.models import nf_resnet
-from nfnets.models import nfnet
-
 Forward = Callable[..., Any]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+  """A model variant: its architecture table row and published facts.
+
+  Attributes:
+    family: model family, e.g. 'nfnet', 'nf_resnet', 'nf_regnet', 'resnet'.
+    depth: residual blocks per stage.
+    widths: output channels per stage before the constructor's `width`
+      multiplier.
+    train_imsize: training resolution (pixels, square).
+    test_imsize: evaluation resolution (pixels, square).
+    drop_rate: dropout rate before the classifier.
+    classifier: Haiku module path of the final classifier, e.g.
+      'NFNet/~/linear' (what fine-tuning re-initializes and weight decay
+      may exclude).
+    params_m: published parameter count in millions, where known.
+    gmacs: published multiply-adds of one inference forward pass at
+      `test_imsize`, in billions, where known.
+    randaugment_magnitude: RandAugment magnitude of the published recipe,
+      where the recipe uses RandAugment.
+  """
+  family: str
+  depth: tuple[int, ...]
+  widths: tuple[int, ...]
+  train_imsize: int
+  test_imsize: int
+  drop_rate: float
+  classifier: str
+  params_m: Optional[float] = None
+  gmacs: Optional[float] = None
+  randaugment_magnitude: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,25 +57,34 @@ class ModelEntry:
     name: registry name, e.g. 'nfnet_f0'.
     module: the Haiku module class; called as module(num_classes, **kwargs).
     kwargs: fixed constructor arguments (e.g. the variant).
-    spec: published facts about the model: blocks per stage ('depth'),
-      train/test resolution, dropout,
-      parameter count ('params_m', millions) and cost ('gflops') where known.
+    spec: the variant's `ModelSpec`.
   """
   name: str
   module: type
   kwargs: dict[str, Any]
-  spec: dict[str, Any]
+  spec: ModelSpec
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register(name: str, module: type, spec: dict[str, Any],
+def register(name: str, module: type, spec: ModelSpec,
              **kwargs: Any) -> None:
-  """Adds a model under `name`; a duplicate name is an error."""
+  """Adds a model under `name`; a duplicate name is an error.
+
+  Args:
+    name: registry name, e.g. 'nfnet_f0'.
+    module: Haiku module class, constructed as module(num_classes, **kwargs,
+      **overrides).
+    spec: the variant's architecture and published facts.
+    **kwargs: constructor arguments fixed for this name (not overridable).
+  """
   if name in _REGISTRY:
     raise ValueError(f'Model {name!r} is already registered.')
-  _REGISTRY[name] = ModelEntry(name, module, dict(kwargs), dict(spec))
+  if not isinstance(spec, ModelSpec):
+    raise TypeError(f'spec of {name!r} must be a ModelSpec, got '
+                    f'{type(spec).__name__}.')
+  _REGISTRY[name] = ModelEntry(name, module, dict(kwargs), spec)
 
 
 def list_models() -> list[str]:
@@ -61,9 +100,13 @@ def get_entry(name: str) -> ModelEntry:
   return _REGISTRY[name]
 
 
-def get_spec(name: str) -> dict[str, Any]:
-  """Published facts about `name` (train_imsize, test_imsize, drop_rate, ...)."""
-  return dict(get_entry(name).spec)
+def get_spec(name: str) -> ModelSpec:
+  """The `ModelSpec` of `name` (depth, resolutions, dropout, published counts).
+
+  It describes the registered variant; `create` overrides (e.g. `depth`) do
+  not change it.
+  """
+  return get_entry(name).spec
 
 
 def accepted_overrides(name: str) -> list[str]:
@@ -86,7 +129,7 @@ def create(name: str, num_classes: int = 1000,
     name: a name from `list_models()`.
     num_classes: classifier outputs.
     **overrides: constructor arguments of the model, e.g. width=0.25,
-      activation='silu', drop_rate=0.0.
+      depth=(1, 2, 1, 1), activation='silu', drop_rate=0.0.
 
   Raises:
     ValueError: unknown model name (the message lists the known ones).
@@ -114,48 +157,3 @@ def transform(name: str, num_classes: int = 1000,
               **overrides: Any) -> hk.TransformedWithState:
   """`hk.transform_with_state(create(name, num_classes, **overrides))`."""
   return hk.transform_with_state(create(name, num_classes, **overrides))
-
-
-def _register_families() -> None:
-  for variant, v in nfnet.NFNET_VARIANTS.items():
-    key = variant.lower().replace('+', '_plus')
-    spec = {'family': 'nfnet', 'depth': v.depth,
-            'train_imsize': v.train_imsize,
-            'test_imsize': v.test_imsize, 'drop_rate': v.drop_rate,
-            'randaugment_magnitude': v.randaugment_magnitude}
-    if variant in nfnet.NFNET_PARAMS_M:
-      spec['params_m'] = nfnet.NFNET_PARAMS_M[variant]
-    if variant in nfnet.NFNET_GFLOPS:
-      spec['gflops'] = nfnet.NFNET_GFLOPS[variant]
-    register(f'nfnet_{key}', nfnet.NFNet, spec, variant=variant)
-  for variant, v in nf_resnet.NF_RESNET_VARIANTS.items():
-    spec = {'family': 'nf_resnet', 'depth': v.depth,
-            'train_imsize': v.train_imsize,
-            'test_imsize': v.test_imsize, 'drop_rate': v.drop_rate}
-    if variant in nf_resnet.NF_RESNET_PARAMS_M:
-      spec['params_m'] = nf_resnet.NF_RESNET_PARAMS_M[variant]
-    register(f'nf_resnet{variant}', nf_resnet.NFResNet, spec, variant=variant)
-  for variant, v in nf_regnet.NF_REGNET_VARIANTS.items():
-    spec = {'family': 'nf_regnet', 'depth': v.depth,
-            'train_imsize': v.train_imsize,
-            'test_imsize': v.test_imsize, 'drop_rate': v.drop_rate}
-    if variant in nf_regnet.NF_REGNET_PARAMS_M:
-      spec['params_m'] = nf_regnet.NF_REGNET_PARAMS_M[variant]
-    register(f'nf_regnet_{variant.lower()}', nf_regnet.NFRegNet, spec,
-             variant=variant)
-  for variant, v in baselines.RESNET_VARIANTS.items():
-    spec = {'family': 'resnet', 'depth': v.depth, 'train_imsize': v.train_imsize,
-            'test_imsize': v.test_imsize, 'drop_rate': v.drop_rate}
-    if variant in baselines.RESNET_PARAMS_M:
-      spec['params_m'] = baselines.RESNET_PARAMS_M[variant]
-    register(f'resnet{variant}_bn', baselines.ResNet, spec, variant=variant,
-             norm='batch')
-    register(f'resnet{variant}_gn', baselines.ResNet, spec, variant=variant,
-             norm='group')
-    nf_spec = get_spec(f'nf_resnet{variant}')
-    nf_spec.pop('params_m', None)
-    register(f'nf_resnet{variant}_no_ws', nf_resnet.NFResNet, nf_spec,
-             variant=variant, conv=baselines.he_conv_for('relu'))
-
-
-_register_families()
