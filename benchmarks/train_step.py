@@ -35,7 +35,7 @@ if __package__ in (None, ''):
   from benchmarks import _common  # pylint: disable=g-import-not-at-top
 else:
   from benchmarks import _common  # pylint: disable=g-import-not-at-top
-from nfnets import host  # pylint: disable=g-import-not-at-top
+from benchmarks import _host as host  # pylint: disable=g-import-not-at-top
 
 if __name__ == '__main__':
   host.reexec_with_huge_pages()

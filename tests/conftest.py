@@ -28,7 +28,7 @@ import ml_collections
 from ml_collections import config_flags
 import pytest
 
-from nfnets import experiment
+from nfnets import train
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 _NO_LLVM_OPT = '--xla_backend_optimization_level=0'
@@ -141,7 +141,7 @@ def digits_run(tmp_path_factory) -> pathlib.Path:
   """
   return build_once(
       session_root(tmp_path_factory), 'digits',
-      lambda path: experiment.train_and_evaluate(digits_run_config(), path))
+      lambda path: train.train_and_evaluate(digits_run_config(), path))
 
 
 @pytest.fixture(scope='session')

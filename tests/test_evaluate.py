@@ -11,8 +11,8 @@ from sklearn import metrics as skmetrics
 
 from nfnets import data
 from nfnets import evaluate
-from nfnets.cli import evaluate as evaluate_cli
 from nfnets import pretrained
+from nfnets.cli import evaluate as evaluate_cli
 from nfnets.train import state as train_state
 
 # Needs the session's tiny trained run (`digits_run` in conftest.py), whose

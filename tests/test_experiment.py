@@ -23,8 +23,11 @@ import pytest
 
 from nfnets import configs
 from nfnets import data
-from nfnets import experiment
-from nfnets import train_state as ts
+from nfnets import train
+from nfnets.train import checkpoint
+from nfnets.train import config as train_config
+from nfnets.train import state as train_state
+from nfnets.train import step as train_step
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -88,24 +91,24 @@ def _wrap_train_batches(monkeypatch, edit):
 
 def test_get_steps_from_steps_or_epochs():
   group = ml_collections.ConfigDict({'num_steps': None, 'num_epochs': 2.5})
-  assert experiment.get_steps(group, 'num', batch_size=100,
+  assert train_config.get_steps(group, 'num', batch_size=100,
                               num_examples=1000) == 25
   group = ml_collections.ConfigDict({'num_steps': 7, 'num_epochs': None})
-  assert experiment.get_steps(group, 'num', batch_size=100,
+  assert train_config.get_steps(group, 'num', batch_size=100,
                               num_examples=1000) == 7
   group = ml_collections.ConfigDict({'num_steps': 7, 'num_epochs': 1.0})
-  with pytest.raises(experiment.ConfigError, match='only one'):
-    experiment.get_steps(group, 'num', batch_size=1, num_examples=1)
+  with pytest.raises(train.ConfigError, match='only one'):
+    train_config.get_steps(group, 'num', batch_size=1, num_examples=1)
   group = ml_collections.ConfigDict({'num_steps': None, 'num_epochs': None})
-  with pytest.raises(experiment.ConfigError, match='Set num_steps'):
-    experiment.get_steps(group, 'num', batch_size=1, num_examples=1)
-  assert experiment.get_steps(group, 'num', batch_size=1, num_examples=1,
+  with pytest.raises(train.ConfigError, match='Set num_steps'):
+    train_config.get_steps(group, 'num', batch_size=1, num_examples=1)
+  assert train_config.get_steps(group, 'num', batch_size=1, num_examples=1,
                               default=3) == 3
 
 
 def test_ema_decay_warmup():
   steps = jnp.array([0, 1, 90, 10**7])
-  got = experiment.ema_decay_at(steps, 0.99999)
+  got = train_step.ema_decay_at(steps, 0.99999)
   want = [min(0.99999, (1 + t) / (10 + t)) for t in (0, 1, 90, 10**7)]
   np.testing.assert_allclose(got, want, rtol=1e-6)
 
@@ -113,7 +116,7 @@ def test_ema_decay_warmup():
 def test_targets_with_mixing_and_label_smoothing():
   batch = {'labels': jnp.array([0, 2]), 'mix_labels': jnp.array([1, 2]),
            'mix_ratio': jnp.array([0.75, 0.4])}
-  got = experiment.targets_of(batch, 4, 0.1)
+  got = train_step.targets_of(batch, 4, 0.1)
   want = np.array([[0.75, 0.25, 0, 0], [0, 0, 1.0, 0]])
   want = want * 0.9 + 0.1 / 4
   np.testing.assert_allclose(got, want, rtol=1e-6)
@@ -126,13 +129,13 @@ def test_train_step_loss_ema_and_learning():
   config = tiny_config(num_steps=200)
   config.model.kwargs.drop_rate = 0.0
   config.optimizer.warmup_steps = 0  # A warmup's first learning rate is 0.
-  model = experiment.build_model(config)
-  optimizer, _ = experiment.build_optimizer(config)
-  state = jax.jit(functools.partial(experiment.init_train_state, config, model,
+  model = train_state.build_model(config)
+  optimizer, _ = train_state.build_optimizer(config)
+  state = jax.jit(functools.partial(train_state.init_train_state, config, model,
                                     optimizer))(jax.random.PRNGKey(0))
   batch = next(data.build_train(config.data, batch_size=8, seed=0))
   batch = jax.tree.map(jnp.asarray, batch)
-  step = jax.jit(experiment.make_train_step(config, model, optimizer))
+  step = jax.jit(train_step.make_train_step(config, model, optimizer))
 
   new, metrics = step(state, batch)
   # The loss: smoothed cross-entropy of the forward pass, recomputed in NumPy.
@@ -173,7 +176,7 @@ def test_train_and_evaluate_writes_logs_checkpoints_and_config(tmp_path):
   config = tiny_config(num_steps=6)
   config.checkpoint.every_steps = 4
   config.eval.every_steps = 4
-  metrics = experiment.train_and_evaluate(config, tmp_path)
+  metrics = train.train_and_evaluate(config, tmp_path)
 
   assert metrics['step'] == 6 and metrics['preempted'] == 0
   for key in ('top1', 'top5', 'loss', 'ema_top1', 'ema_top5', 'ema_loss'):
@@ -182,22 +185,22 @@ def test_train_and_evaluate_writes_logs_checkpoints_and_config(tmp_path):
   assert np.isfinite(metrics['train/loss'])
 
   # The config file is the run's config.
-  assert ts.config_to_dict(ts.load_config(tmp_path)) == ts.config_to_dict(
+  assert checkpoint.config_to_dict(checkpoint.load_config(tmp_path)) == checkpoint.config_to_dict(
       config)
   # Checkpoints every 4 steps and at the end.
-  manager = ts.checkpoint_manager(tmp_path, read_only=True)
+  manager = checkpoint.checkpoint_manager(tmp_path, read_only=True)
   assert manager.all_steps() == [4, 6]
   manager.close()
-  saved_config, state = ts.restore_latest(tmp_path)
+  saved_config, state = checkpoint.restore_latest(tmp_path)
   assert int(state.step) == 6
   assert saved_config.model.kwargs.width == 0.0625
 
   # JSON lines: train logs every 2 steps, evaluations at 4 and 6.
   records = [json.loads(l) for l in
              (tmp_path / 'metrics.jsonl').read_text().splitlines()]
-  train = [r['step'] for r in records if 'train/loss' in r]
+  logged = [r['step'] for r in records if 'train/loss' in r]
   evals = [r['step'] for r in records if 'eval/top1' in r]
-  assert train == [2, 4, 6] and evals == [4, 6]
+  assert logged == [2, 4, 6] and evals == [4, 6]
   assert all(r['train/images_per_sec'] > 0 for r in records
              if 'train/loss' in r)
   assert records[-1]['eval/top1'] == pytest.approx(metrics['eval/top1'])
@@ -215,7 +218,7 @@ def test_train_and_evaluate_writes_logs_checkpoints_and_config(tmp_path):
   assert tags['eval/ema_top1'] == [4, 6]
 
   # A second start finds the finished run and only evaluates it.
-  again = experiment.train_and_evaluate(config, tmp_path)
+  again = train.train_and_evaluate(config, tmp_path)
   assert again['step'] == 6
   assert again['eval/top1'] == pytest.approx(metrics['eval/top1'])
 
@@ -225,7 +228,7 @@ def test_resume_after_sigterm_equals_an_uninterrupted_run(tmp_path,
                                                           monkeypatch):
   config = tiny_config(num_steps=6)
   reference = tmp_path / 'reference'
-  experiment.train_and_evaluate(config, reference)
+  train.train_and_evaluate(config, reference)
 
   # SIGTERM arrives while the 3rd batch is being prepared; the runner must
   # save and stop, then a second start must resume and finish.
@@ -241,20 +244,20 @@ def test_resume_after_sigterm_equals_an_uninterrupted_run(tmp_path,
   try:
     with monkeypatch.context() as m:
       _wrap_train_batches(m, kill_at_batch_3)
-      first = experiment.train_and_evaluate(config, interrupted)
+      first = train.train_and_evaluate(config, interrupted)
   finally:
     signal.signal(signal.SIGTERM, fallback)
   assert not received  # The runner's handler got it, not the fallback.
   assert first['preempted'] == 1
   assert 1 <= first['step'] < 6
-  manager = ts.checkpoint_manager(interrupted, read_only=True)
+  manager = checkpoint.checkpoint_manager(interrupted, read_only=True)
   assert manager.all_steps() == [int(first['step'])]
   manager.close()
 
-  second = experiment.train_and_evaluate(config, interrupted)
+  second = train.train_and_evaluate(config, interrupted)
   assert second['step'] == 6 and second['preempted'] == 0
-  _, want = ts.restore_latest(reference)
-  _, got = ts.restore_latest(interrupted)
+  _, want = checkpoint.restore_latest(reference)
+  _, got = checkpoint.restore_latest(interrupted)
   _assert_trees_equal(want, got)
 
 
@@ -272,11 +275,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path,
 
   _wrap_train_batches(monkeypatch, poison_batch_3)
   with pytest.raises(FloatingPointError, match=r'at step 4\b.*kept'):
-    experiment.train_and_evaluate(config, tmp_path)
-  manager = ts.checkpoint_manager(tmp_path, read_only=True)
+    train.train_and_evaluate(config, tmp_path)
+  manager = checkpoint.checkpoint_manager(tmp_path, read_only=True)
   assert manager.all_steps() == [2]
   manager.close()
-  _, state = ts.restore_latest(tmp_path)
+  _, state = checkpoint.restore_latest(tmp_path)
   assert int(state.step) == 2
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
 
@@ -284,9 +287,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path,
 _RUN_WITH_DEVICES = '''
 import json, sys
 import ml_collections
-from nfnets import experiment
+from nfnets import train
 config = ml_collections.ConfigDict(json.loads(sys.argv[1]))
-experiment.train_and_evaluate(config, sys.argv[2])
+train.train_and_evaluate(config, sys.argv[2])
 '''
 
 
@@ -305,12 +308,12 @@ def test_one_and_eight_devices_train_the_same(tmp_path):
     env = dict(os.environ, XLA_FLAGS=' '.join(xla_flags), JAX_PLATFORMS='cpu')
     subprocess.run(
         [sys.executable, '-c', _RUN_WITH_DEVICES,
-         json.dumps(ts.config_to_dict(config)), str(workdir)],
+         json.dumps(checkpoint.config_to_dict(config)), str(workdir)],
         check=True, env=env, cwd=REPO, capture_output=True)
     records = [json.loads(l) for l in
                (workdir / 'metrics.jsonl').read_text().splitlines()]
     losses = [r['train/loss'] for r in records if 'train/loss' in r]
-    runs[devices] = losses, ts.restore_latest(workdir)[1]
+    runs[devices] = losses, checkpoint.restore_latest(workdir)[1]
   np.testing.assert_allclose(runs[1][0], runs[8][0], rtol=1e-5)
   for one, eight in zip(jax.tree.leaves(runs[1][1]),
                         jax.tree.leaves(runs[8][1])):
@@ -333,7 +336,7 @@ def test_one_step_on_mock_imagenet(tmp_path):
   config.optimizer.warmup_epochs = 0.0
   config.eval.batch_size = 8
   with tfds.testing.mock_data(num_examples=12):
-    metrics = experiment.train_and_evaluate(config, tmp_path)
+    metrics = train.train_and_evaluate(config, tmp_path)
   assert metrics['step'] == 1
   assert np.isfinite(metrics['train/loss'])
   # 1000 classes at initialization: the loss is close to log(1000).
@@ -357,6 +360,6 @@ def test_command_line_default_config_from_another_directory(
       env=dict(os.environ, PYTHONPATH=str(REPO), **compilation_cache_env))
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'step 2/2' in result.stderr and 'ETA' in result.stderr
-  assert ts.load_config(workdir).data.dataset == 'digits'
+  assert checkpoint.load_config(workdir).data.dataset == 'digits'
   records = (workdir / 'metrics.jsonl').read_text().splitlines()
   assert [json.loads(l)['step'] for l in records] == [1, 2, 2]

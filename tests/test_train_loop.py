@@ -2,7 +2,8 @@
 import jax
 import numpy as np
 
-from nfnets import experiment
+from nfnets.train import loop
+from nfnets.train import step as train_step
 from tests.test_experiment import tiny_config
 
 
@@ -16,7 +17,7 @@ def test_train_step_compiles_once_and_the_loop_makes_no_implicit_transfers(
   config.training.log_every = 3
   traces = []
   donated = []
-  make = experiment.make_train_step
+  make = train_step.make_train_step
 
   def counting_make_train_step(*args, **kwargs):
     step = make(*args, **kwargs)
@@ -33,8 +34,8 @@ def test_train_step_compiles_once_and_the_loop_makes_no_implicit_transfers(
       donated.append(kwargs.get('donate_argnums'))
     return jit(fn, *args, **kwargs)
 
-  monkeypatch.setattr(experiment, 'make_train_step', counting_make_train_step)
-  monkeypatch.setattr(experiment.jax, 'jit', recording_jit)
+  monkeypatch.setattr(train_step, 'make_train_step', counting_make_train_step)
+  monkeypatch.setattr(loop.jax, 'jit', recording_jit)
   # jax's transfer guard does not fire on the CPU backend (host and device
   # share memory), so the implicit conversions that would block on the step
   # each iteration (float(), int(), bool(), .item() of a device array) are
@@ -44,7 +45,7 @@ def test_train_step_compiles_once_and_the_loop_makes_no_implicit_transfers(
   for method in ('__float__', '__int__', '__bool__', '__index__', 'item',
                  'tolist'):
     monkeypatch.setattr(array_type, method, _implicit_transfer)
-  metrics = experiment.train_and_evaluate(config, tmp_path)
+  metrics = loop.train_and_evaluate(config, tmp_path)
   monkeypatch.undo()
   assert metrics['step'] == 6
   assert np.isfinite(metrics['train/loss'])
