@@ -33,6 +33,7 @@ from typing import Any, Sequence
 
 import haiku as hk
 import jax
+import ml_collections
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -44,7 +45,10 @@ if __package__ in (None, ''):
 from nfnets import data
 from benchmarks import _host as host
 from nfnets import models
+from nfnets.train import config as train_config
 from nfnets.train import optimizer as train_optimizer
+from nfnets.train import state as state_lib
+from nfnets.train import step as step_lib
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            'results')
@@ -73,31 +77,34 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
-def make_train_step(forward: hk.TransformedWithState,
-                    optimizer: optax.GradientTransformation):
-  """A jitted (params, state, opt_state, batch, rng, lr) -> (..., loss) step.
+def make_train_step(args: argparse.Namespace, clipping: float,
+                    forward: hk.TransformedWithState,
+                    data_config: ml_collections.ConfigDict):
+  """(optimizer, jitted runner step) of one arm, for every learning rate.
 
-  `optimizer` must peak at learning rate 1: its last stage scales by the
-  schedule, so multiplying its updates by `lr` is the same optimizer peaking
-  at `lr`, and one compilation serves every learning rate.
+  The step is the runner's (`nfnets.train.step.make_train_step`), without
+  label smoothing or EMA. The optimizer is the NFNet one peaking at learning
+  rate 1, followed by a scale whose factor lives in the optimizer state
+  (`with_learning_rate` sets it), so one compilation serves every rate.
   """
+  config = train_config.base_config()
+  config.data = data_config
+  config.training.batch_size = args.batch_size
+  config.training.compute_dtype = 'float32'
+  config.training.label_smoothing = 0.0
+  config.training.ema_decay = 0.0
+  optimizer = optax.chain(
+      unit_peak_optimizer(args, clipping),
+      optax.inject_hyperparams(optax.scale)(step_size=1.0))
+  return optimizer, jax.jit(step_lib.make_train_step(config, forward,
+                                                     optimizer))
 
-  def loss_fn(params, state, batch, rng):
-    logits, state = forward.apply(params, state, rng, batch['images'],
-                                  is_training=True)
-    loss = optax.softmax_cross_entropy_with_integer_labels(
-        logits, batch['labels']).mean()
-    return loss, state
 
-  @jax.jit
-  def step(params, state, opt_state, batch, rng, lr):
-    (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params, state, batch, rng)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    updates = jax.tree.map(lambda u: lr * u, updates)
-    return optax.apply_updates(params, updates), state, opt_state, loss
-
-  return step
+def with_learning_rate(opt_state: Any, lr: float) -> Any:
+  """`opt_state` of `make_train_step`'s optimizer, scaled to peak at `lr`."""
+  inner, scale = opt_state
+  return inner, scale._replace(
+      hyperparams={'step_size': jnp.asarray(lr, jnp.float32)})
 
 
 def accuracy(forward: hk.TransformedWithState, params: Any, state: Any,
@@ -123,8 +130,8 @@ def unit_peak_optimizer(args: argparse.Namespace, clipping: float
   config.base_lr = 1.0
   config.lr_batch_reference = args.batch_size
   return train_optimizer.from_config(config, batch_size=args.batch_size,
-                               total_steps=args.steps,
-                               warmup_steps=args.warmup_steps)
+                                     total_steps=args.steps,
+                                     warmup_steps=args.warmup_steps)
 
 
 def run(args: argparse.Namespace, lr: float, clipping: float,
@@ -133,20 +140,21 @@ def run(args: argparse.Namespace, lr: float, clipping: float,
         data_config: Any) -> dict[str, Any]:
   """Trains one arm; returns its losses, divergence and test accuracy."""
   params, state = init
-  opt_state = optimizer.init(params)
+  train_state = state_lib.TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, model_state=state,
+      opt_state=with_learning_rate(optimizer.init(params), lr),
+      ema_params=params, ema_state=state,
+      rng=jax.random.PRNGKey(args.seed + 1))
   batches = data.build_train(data_config, batch_size=args.batch_size,
                              seed=args.seed)
-  rng = jax.random.PRNGKey(args.seed + 1)
   losses = []
   diverged_at = None
   start = time.time()
   for i in range(args.steps):
     batch = next(batches)
     batch = {'images': batch['images'], 'labels': batch['labels']}
-    params, state, opt_state, loss = step(params, state, opt_state, batch,
-                                          jax.random.fold_in(rng, i),
-                                          jnp.float32(lr))
-    loss = float(loss)
+    train_state, metrics = step(train_state, batch)
+    loss = float(metrics['loss'])
     losses.append(loss)
     blew_up = not math.isfinite(loss) or loss > args.blowup * losses[0]
     if blew_up and diverged_at is None:
@@ -166,7 +174,8 @@ def run(args: argparse.Namespace, lr: float, clipping: float,
       'initial_loss': losses[0],
       'final_loss': float(np.mean(tail)) if finite else None,
       'min_loss': float(np.nanmin(np.asarray(losses, np.float64))),
-      'test_accuracy': accuracy(forward, params, state, data_config)
+      'test_accuracy': accuracy(forward, train_state.params,
+                                train_state.model_state, data_config)
                        if finite else None,
       'seconds': seconds,
   }
@@ -223,8 +232,7 @@ def main(argv: Sequence[str]) -> None:
         f'{args.warmup_steps} warmup, {args.image_size}px')
   arms = {}
   for clipping in (args.clipping, 0.0):
-    optimizer = unit_peak_optimizer(args, clipping)
-    arms[clipping] = (optimizer, make_train_step(forward, optimizer))
+    arms[clipping] = make_train_step(args, clipping, forward, data_config)
   results = []
   for lr in lrs:
     for clipping, (optimizer, step) in arms.items():

@@ -17,10 +17,13 @@ process and prints the ratio of their median step times. Model specs are
 registry names with an optional `@plain` / `@native` / `@split` / `@im2col`
 suffix; `bn_resnet50` is the BatchNorm baseline (see `_common`).
 
-The step is the standard one: softmax cross-entropy, gradients, an optax
-optimizer (SGD with Nesterov momentum, optionally with AGC), parameters,
-model state and optimizer state donated, no host round trip inside the step.
-`--dtype bfloat16` computes in bfloat16 with float32 master weights.
+The step is the runner's own (`nfnets.train.step.make_train_step`) on the
+ImageNet recipe's config: label-smoothed cross-entropy, AGC (0.01, classifier
+exempt), weight decay 2e-5, Nesterov SGD, the EMA of the weights, the train
+state donated, no host round trip inside the step. `--no-agc`,
+`--no-weight-decay`, `--no-ema` and `--no-label-smoothing` switch parts off
+for comparisons; each record lists the parts that were on. `--dtype bfloat16`
+computes in bfloat16 with float32 master weights, as the runner does.
 """
 from __future__ import annotations
 
@@ -42,62 +45,55 @@ if __name__ == '__main__':
   _common.set_host_device_count(sys.argv)
 
 # pylint: disable=g-import-not-at-top,g-bad-import-order
+import functools
 import statistics
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import ml_collections
+
+from nfnets.train import config as train_config
+from nfnets.train import optimizer as train_optimizer
+from nfnets.train import state as state_lib
+from nfnets.train import step as step_lib
+
+# Length of the learning-rate schedule; a benchmark runs far fewer steps.
+_SCHEDULE_STEPS = 100_000
 
 
-def make_optimizer(name: str, learning_rate: float = 0.1,
-                   clipping: float = 0.01) -> optax.GradientTransformation:
-  """'sgd' (Nesterov momentum 0.9) or 'agc_sgd' (AGC, then the same SGD)."""
-  sgd = optax.sgd(learning_rate, momentum=0.9, nesterov=True)
-  if name == 'sgd':
-    return sgd
-  if name == 'agc_sgd':
-    return optax.chain(optax.adaptive_grad_clip(clipping), sgd)
-  raise ValueError(f'Unknown optimizer {name!r}; use sgd or agc_sgd.')
+STEP_PARTS = ('agc', 'weight_decay', 'ema', 'label_smoothing')
 
 
-def make_train_step(model: _common.Model,
-                    optimizer: optax.GradientTransformation,
-                    compute_dtype: jnp.dtype = jnp.float32,
-                    trace_counter: Optional[list[int]] = None) -> Callable:
-  """Returns the pure train step (not yet jitted).
+def step_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
+  """The runner's config for the benchmarked step, parts switched per `args`.
 
-  step(params, state, opt_state, images [N, H, W, 3], labels [N], rng)
-    -> (params, state, opt_state, metrics)
-
-  The loss is computed from `compute_dtype` activations and weights cast from
-  float32 masters, so gradients and updates stay float32. `trace_counter[0]`
-  is incremented each time the step is traced, to check it compiles once.
+  The ImageNet recipe (`nfnets.train.config.base_config`) at the benchmark's
+  batch, resolution, classes and compute dtype; `--no-PART` flags set that
+  part's strength to zero, which the optimizer and step skip.
   """
+  config = train_config.base_config()
+  config.data.image_size = args.image_size
+  config.data.num_classes = args.num_classes
+  config.training.batch_size = args.batch
+  config.training.compute_dtype = args.dtype
+  if args.no_agc:
+    config.optimizer.clipping = 0.0
+  if args.no_weight_decay:
+    config.optimizer.weight_decay = 0.0
+  if args.no_ema:
+    config.training.ema_decay = 0.0
+  if args.no_label_smoothing:
+    config.training.label_smoothing = 0.0
+  return config
 
-  def loss_fn(params, state, images, labels, rng):
-    logits, new_state = model.fwd.apply(
-        _common.cast_floats(params, compute_dtype), state, rng,
-        images.astype(compute_dtype), is_training=True)
-    logits = logits.astype(jnp.float32)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    return jnp.mean(loss), new_state
 
-  def step(params, state, opt_state, images, labels, rng):
-    if trace_counter is not None:
-      trace_counter[0] += 1
-    (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params, state, images, labels, rng)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    new_state = jax.tree_util.tree_map(lambda n, o: n.astype(o.dtype),
-                                       new_state, state)
-    return params, new_state, opt_state, {'loss': loss}
-
-  return step
+def step_parts(config: ml_collections.ConfigDict) -> dict[str, bool]:
+  """Which parts of the step a config has on (recorded with each figure)."""
+  return {'agc': config.optimizer.clipping > 0,
+          'weight_decay': config.optimizer.weight_decay > 0,
+          'ema': config.training.ema_decay > 0,
+          'label_smoothing': config.training.label_smoothing > 0}
 
 
 class _Runner:
@@ -114,48 +110,50 @@ class _Runner:
       raise ValueError(f'Asked for {args.devices} devices, have {len(devices)}.')
     if args.batch % args.devices:
       raise ValueError('--batch must divide by --devices.')
-    mesh = Mesh(np.array(devices), ('data',))
-    replicated = NamedSharding(mesh, P())
-    batch_sharding = NamedSharding(mesh, P('data'))
+    mesh = state_lib.make_mesh(devices)
+    replicated = state_lib.replicated(mesh)
+    batch_sharding = state_lib.batch_sharded(mesh)
+    self.config = step_config(args)
     images, labels = _common.synthetic_batch(args.batch, args.image_size,
                                              args.num_classes)
-    self.images = jax.device_put(images, batch_sharding)
-    self.labels = jax.device_put(labels, batch_sharding)
-    self.rng = jax.device_put(jax.random.PRNGKey(1), replicated)
-    params, state = jax.jit(
-        lambda x: self.model.fwd.init(jax.random.PRNGKey(0), x,
-                                      is_training=True),
-        out_shardings=replicated)(self.images[:1])
-    optimizer = make_optimizer(args.optimizer)
-    opt_state = jax.jit(optimizer.init, out_shardings=replicated)(params)
+    self.batch = jax.device_put({'images': images, 'labels': labels},
+                                batch_sharding)
+    # The learning rate sits at its peak from the first step (no warmup),
+    # as it does for most of a real run.
+    optimizer = train_optimizer.from_config(
+        self.config.optimizer, batch_size=args.batch,
+        total_steps=_SCHEDULE_STEPS, warmup_steps=0)
+    state = jax.jit(
+        functools.partial(state_lib.init_train_state, self.config,
+                          self.model.fwd, optimizer),
+        out_shardings=replicated)(jax.random.PRNGKey(0))
     self.trace_count = [0]
-    dtype = jnp.dtype(args.dtype)
-    step = make_train_step(self.model, optimizer, dtype, self.trace_count)
-    self.step = jax.jit(
-        step, donate_argnums=(0, 1, 2),
-        in_shardings=(replicated, replicated, replicated, batch_sharding,
-                      batch_sharding, replicated),
-        out_shardings=(replicated, replicated, replicated, replicated))
+    step = step_lib.make_train_step(self.config, self.model.fwd, optimizer)
+
+    def counted(state, batch):
+      self.trace_count[0] += 1
+      return step(state, batch)
+
+    self.step = jax.jit(counted, donate_argnums=0,
+                        in_shardings=(replicated, batch_sharding),
+                        out_shardings=(replicated, replicated))
     start = time.perf_counter()
-    self.compiled = self.step.lower(params, state, opt_state, self.images,
-                                    self.labels, self.rng).compile()
+    self.compiled = self.step.lower(state, self.batch).compile()
     self.compile_s = time.perf_counter() - start
-    self.carry = (params, state, opt_state)
+    self.state = state
     self.metrics = None
 
   def __call__(self) -> None:
-    params, state, opt_state = self.carry
-    params, state, opt_state, self.metrics = self.step(
-        params, state, opt_state, self.images, self.labels, self.rng)
-    self.carry = (params, state, opt_state)
-    jax.block_until_ready(self.carry)
+    self.state, self.metrics = self.step(self.state, self.batch)
+    jax.block_until_ready(self.state)
 
   def record(self, times: list[float]) -> dict[str, Any]:
     a = self.args
     rec: dict[str, Any] = {
         'benchmark': 'train_step', 'model': self.spec, 'batch': a.batch,
         'image_size': a.image_size, 'dtype': a.dtype, 'devices': a.devices,
-        'width': a.width, 'remat': self.remat, 'optimizer': a.optimizer,
+        'width': a.width, 'remat': self.remat,
+        'step': 'nfnets.train.step', 'step_parts': step_parts(self.config),
         'steps': a.steps, 'warmup': a.warmup,
         'compile_s': self.compile_s, 'trace_count': self.trace_count[0],
         'final_loss': float(self.metrics['loss']),
@@ -256,7 +254,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--width', type=float, default=None,
                  help='width multiplier override (NF models)')
   p.add_argument('--num-classes', type=int, default=1000)
-  p.add_argument('--optimizer', default='sgd', choices=('sgd', 'agc_sgd'))
+  for part in STEP_PARTS:
+    p.add_argument(f'--no-{part.replace("_", "-")}', action='store_true',
+                   help=f'switch the step\'s {part.replace("_", " ")} off')
   p.add_argument('--steps', type=int, default=5)
   p.add_argument('--warmup', type=int, default=1)
   p.add_argument('--remat', action='store_true',

@@ -168,7 +168,7 @@ def _with(config, path, value):
     ('training.batch_size', '64', r'training\.batch_size must be int'),
     ('training.label_smoothing', 'high', r'label_smoothing must be float'),
     ('model.name', 'nfnet_f9', r"Unknown model 'nfnet_f9'.*nfnet_f0"),
-    ('model.kwargs.depth', 3, r"does not take.*depth.*width"),
+    ('model.kwargs.depht', 3, r"does not take.*depht.*depth"),
     ('data.dataset', 'cifar10', r"Unknown data set 'cifar10'.*digits"),
     ('training.compute_dtype', 'float8', r'compute_dtype must be one of'),
     ('training.batch_size', 12, r'batch_size=12 does not divide over 8'),

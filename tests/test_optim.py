@@ -376,7 +376,7 @@ def test_nfnet_optimizer_matches_hand_computation(clip_classifier_bias):
       for _ in range(3)]
   batch_size, warmup, total = 512, 2, 10
   opt = train_optimizer.from_config(cfg, batch_size=batch_size, total_steps=total,
-                              warmup_steps=warmup)
+                                    warmup_steps=warmup)
   peak = 0.1 * batch_size / 256
   lrs = [0.0, peak / 2, peak]  # Linear warmup over 2 steps.
   got = _run_optimizer(opt, params, grads_per_step)
@@ -403,7 +403,7 @@ def test_weight_decay_skips_gains_and_biases():
   params[_CLASSIFIER]['b'] = jnp.full(10, -0.2)
   zeros = jax.tree.map(jnp.zeros_like, params)
   opt = train_optimizer.from_config(cfg, batch_size=256, total_steps=100,
-                              warmup_steps=0)
+                                    warmup_steps=0)
   updates, _ = jax.jit(opt.update)(zeros, opt.init(params), params)
   lr = 0.1  # Peak at step 0 without warmup, batch 256.
   for module in params:
@@ -424,7 +424,7 @@ def test_clipping_zero_is_plain_sgd():
   params = _nfnet_like_tree()
   grads = jax.tree.map(lambda x: jnp.full(x.shape, 50.0), params)
   opt = train_optimizer.from_config(cfg, batch_size=256, total_steps=10,
-                              warmup_steps=0)
+                                    warmup_steps=0)
   updates, _ = opt.update(grads, opt.init(params), params)
   for got, g in zip(jax.tree.leaves(updates), jax.tree.leaves(grads)):
     np.testing.assert_allclose(got, -0.1 * 1.9 * np.asarray(g), rtol=1e-6)
@@ -481,7 +481,7 @@ def test_config_errors():
   bad.momentum = 1.5
   with pytest.raises(ValueError, match='momentum'):
     train_optimizer.from_config(bad, batch_size=256, total_steps=10,
-                          warmup_steps=0)
+                                warmup_steps=0)
   extra = train_optimizer.default_config()
   extra.clip_everything = True
   with pytest.raises(ValueError, match='clip_everything'):
@@ -547,8 +547,7 @@ _SHARDED_SCRIPT = textwrap.dedent('''
                                  rtol=8e-3, atol=0)
     hlo = step.lower(grads, params).as_text()
     assert 'callback' not in hlo and 'outfeed' not in hlo
-    opt = train_optimizer.from_config(train_optimizer.default_config(), batch_size=256,
-                                total_steps=10, warmup_steps=0)
+    opt = optim.nfnet_optimizer(optim.warmup_cosine_schedule(0.1, 0, 10))
     state = opt.init(params)
     update = jax.jit(opt.update)
     grads32 = jax.tree.map(lambda g: g.astype(jnp.float32), grads)

@@ -435,10 +435,31 @@ def test_benchmark_train_step_compiles_once_and_learns():
   # Same batch every step: the loss must fall.
   assert float(runner.metrics['loss']) < first
   # Donated inputs: the previous parameter buffers are consumed.
-  params = runner.carry[0]
+  params = runner.state.params
   runner()
   leaf = jax.tree_util.tree_leaves(params)[0]
   assert leaf.is_deleted()
+  # The runner's step with every part of the recipe on, and said so.
+  record = runner.record([1.0])
+  assert record['step'] == 'nfnets.train.step'
+  assert record['step_parts'] == dict.fromkeys(train_step.STEP_PARTS, True)
+  assert not jax.tree_util.tree_all(jax.tree.map(
+      lambda a, b: bool((a == b).all()), runner.state.params,
+      runner.state.ema_params))
+
+
+def test_benchmark_parts_switch_off_in_the_runner_config():
+  args = train_step.parse_args([
+      '--model', 'nfnet_f0', '--batch', '8', '--image-size', '32',
+      '--no-agc', '--no-ema', '--no-save'])
+  config = train_step.step_config(args)
+  assert train_step.step_parts(config) == {
+      'agc': False, 'weight_decay': True, 'ema': False,
+      'label_smoothing': True}
+  assert (config.optimizer.clipping, config.training.ema_decay) == (0.0, 0.0)
+  # Everything else is the runner's recipe.
+  assert config.optimizer.weight_decay == 2e-5
+  assert config.training.label_smoothing == 0.1
 
 
 def test_vs_pytorch_says_how_to_install_torch_when_missing(monkeypatch):

@@ -40,15 +40,20 @@ def num_examples(data_config: ml_collections.ConfigDict,
   return _module(data_config).num_examples(data_config, split)
 
 
-def build_train(data_config: ml_collections.ConfigDict, *, batch_size: int,
-                seed: int, start_step: int = 0, process_index: int = 0,
-                process_count: int = 1) -> Iterator[Batch]:
-  """Endless training batches for this process (see `nfnets.data`)."""
+def _check_share(batch_size: int, process_index: int,
+                 process_count: int) -> None:
   if batch_size < 1:
     raise ValueError(f'batch_size must be positive, got {batch_size}.')
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index {process_index} outside '
                      f'[0, {process_count}).')
+
+
+def build_train(data_config: ml_collections.ConfigDict, *, batch_size: int,
+                seed: int, start_step: int = 0, process_index: int = 0,
+                process_count: int = 1) -> Iterator[Batch]:
+  """Endless training batches for this process (see `nfnets.data`)."""
+  _check_share(batch_size, process_index, process_count)
   return _module(data_config).build_train(
       data_config, batch_size=batch_size, seed=seed, start_step=start_step,
       process_index=process_index, process_count=process_count)
@@ -58,11 +63,7 @@ def build_eval(data_config: ml_collections.ConfigDict, *, batch_size: int,
                process_index: int = 0, process_count: int = 1
                ) -> Iterator[Batch]:
   """One padded pass over this process's share of the eval split."""
-  if batch_size < 1:
-    raise ValueError(f'batch_size must be positive, got {batch_size}.')
-  if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index {process_index} outside '
-                     f'[0, {process_count}).')
+  _check_share(batch_size, process_index, process_count)
   return _module(data_config).build_eval(
       data_config, batch_size=batch_size, process_index=process_index,
       process_count=process_count)

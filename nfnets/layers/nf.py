@@ -141,10 +141,8 @@ class WSConv2D(hk.Conv2D):
     """Builds the module.
 
     Args:
-      output_channels: number of output channels O.
-      kernel_shape: kernel size, an int or (kh, kw).
-      stride: stride, an int or (sh, sw).
-      rate: dilation rate of the kernel.
+      output_channels, kernel_shape, stride, rate: as for `Conv2D` (output
+        channels O, kernel size, stride and dilation, ints or pairs).
       padding: 'SAME' or 'VALID'.
       feature_group_count: number of groups; I and O must both divide by it
         (I = O = groups gives a depthwise convolution).

@@ -236,9 +236,8 @@ class ResNet(common.ResidualNet):
 
     Args:
       num_classes: classifier outputs.
+      depth, drop_rate, remat, name: see `common.ResidualNet`.
       variant: a key of `RESNET_VARIANTS` ('50', '101', ..., '600').
-      depth: blocks per stage, any number of stages; None takes the
-        variant's.
       widths: output channels per stage (before `width`), one per stage of
         `depth`; None takes ResNet's (256, 512, 1024, 2048).
       width: multiplier on every channel count (1.0 is ResNet's 64..2048).
@@ -247,25 +246,16 @@ class ResNet(common.ResidualNet):
       groups: GroupNorm groups (reduced to a divisor of narrow layers).
       bn_decay: BatchNorm moving-average decay.
       activation: name of the (unscaled) nonlinearity.
-      drop_rate: dropout before the classifier; None takes the variant's.
       fc_init: classifier weight initializer, N(0, 0.01) by default.
-      remat: rematerialize each block in the backward pass.
-      name: module name.
     """
-    if variant not in RESNET_VARIANTS:
-      raise ValueError(f'Unknown ResNet variant {variant!r}; known: '
-                       f'{sorted(RESNET_VARIANTS, key=int)}.')
     if ordering not in ORDERINGS:
       raise ValueError(f'ordering must be one of {ORDERINGS}, got '
                        f'{ordering!r}.')
     if norm not in NORMS:
       raise ValueError(f'norm must be one of {NORMS}, got {norm!r}.')
-    spec = RESNET_VARIANTS[variant]
-    depth, widths = common.stage_layout(depth, widths, spec.depth,
-                                        spec.widths)
-    super().__init__(
-        drop_rate=spec.drop_rate if drop_rate is None else drop_rate,
-        remat=remat, name=name)
+    super().__init__(RESNET_VARIANTS, variant, depth=depth, widths=widths,
+                     drop_rate=drop_rate, remat=remat, name=name)
+    depth, widths = self.depth, self.widths
     self.ordering = ordering
     self.activation = layers.raw_activation(activation)
     ch = common.scaled_channels(_STEM_WIDTH, width)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
-from typing import Callable, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import haiku as hk
 import jax
@@ -143,6 +143,101 @@ jax.tree_util.register_dataclass(
     meta_fields=[])
 
 
+class NFResidualBlock(hk.Module):
+  """The NF bottleneck residual block every NF family builds on.
+
+  The branch sees act(x) * beta ([NF-ResNet] sec. 4.1) and runs
+  conv0 (1x1) -> conv1 (k x k, grouped, strided) [-> conv1b] -> conv2 (1x1)
+  with activations in between, gated by Squeeze-Excite (2 * SE(h) * h) either
+  on the inner width ('mid', before conv2) or on the output ('out'). The
+  block returns (x' + alpha * skip_gain * stochdepth(branch), branch), where
+  x' is x itself or, at a transition, a 1x1 conv of act(x) * beta: after a
+  2x2 average pool when `pool_shortcut` and strided, else the conv carries
+  the stride. Families subclass it to name their blocks (parameter paths
+  follow the class name) and choose the options.
+  """
+
+  def __init__(self, in_ch: int, out_ch: int, *, width: int, groups: int = 1,
+               kernel_size: int = 3, stride: int = 1,
+               two_mid_convs: bool = False, se: Optional[str] = None,
+               se_ratio: float = 0.5, pool_shortcut: bool = True,
+               beta: float = 1.0, alpha: float = 0.2,
+               activation: Callable[[jax.Array], jax.Array] = jax.nn.relu,
+               conv: ConvFactory = layers.WSConv2D,
+               stochdepth_rate: float = 0.0, name: Optional[str] = None):
+    """Builds the block.
+
+    Args:
+      in_ch: input channels.
+      out_ch: output channels.
+      width: channels of the inner convs (conv0, conv1, conv1b).
+      groups: groups of the k x k convs.
+      kernel_size: k.
+      stride: stride of conv1 (and of the transition shortcut).
+      two_mid_convs: a second k x k conv, `conv1b` (NFNets).
+      se: None, 'mid' (on the inner width) or 'out' (on the output).
+      se_ratio: Squeeze-Excite hidden width as a fraction of its input.
+      pool_shortcut: subsample the strided shortcut by average pooling.
+      beta: 1 / expected std of the block's input.
+      alpha: residual branch scale.
+      activation: the (gamma-scaled) nonlinearity.
+      conv: convolution module factory.
+      stochdepth_rate: probability of dropping the branch in training.
+      name: module name.
+    """
+    if se not in (None, 'mid', 'out'):
+      raise ValueError(f"se must be None, 'mid' or 'out'; got {se!r}.")
+    super().__init__(name=name)
+    self.stride, self.beta, self.alpha = stride, beta, alpha
+    self.activation = activation
+    self.width = width
+    self.se_position = se
+    self.pool_shortcut = pool_shortcut
+    self.conv0 = conv(width, kernel_shape=1, name='conv0')
+    self.conv1 = conv(width, kernel_shape=kernel_size, stride=stride,
+                      feature_group_count=groups, name='conv1')
+    self.conv1b = None
+    if two_mid_convs:
+      self.conv1b = conv(width, kernel_shape=kernel_size,
+                         feature_group_count=groups, name='conv1b')
+    self.conv2 = conv(out_ch, kernel_shape=1, name='conv2')
+    self.use_projection = stride > 1 or in_ch != out_ch
+    if self.use_projection:
+      self.conv_shortcut = conv(out_ch, kernel_shape=1,
+                                stride=1 if pool_shortcut else stride,
+                                name='conv_shortcut')
+    se_ch = width if se == 'mid' else out_ch
+    self.se = layers.SqueezeExcite(se_ch, se_ch, se_ratio) if se else None
+    self.stoch_depth = layers.StochDepth(stochdepth_rate)
+
+  def _gate(self, h: jax.Array) -> jax.Array:
+    # 2 * SE: the gate's expected value at init (0.5) does not halve the
+    # signal ([NFNet] sec. 3).
+    return 2 * self.se(h) * h
+
+  def __call__(self, x: jax.Array,
+               is_training: bool) -> tuple[jax.Array, jax.Array]:
+    """Returns (block output, residual branch output), both [N, H', W', out_ch]."""
+    out = self.activation(x) * self.beta
+    if self.pool_shortcut and self.stride > 1:
+      shortcut = self.conv_shortcut(layers.avg_pool_2x2(out))
+    elif self.use_projection:
+      shortcut = self.conv_shortcut(out)
+    else:
+      shortcut = x
+    out = self.conv1(self.activation(self.conv0(out)))
+    if self.conv1b is not None:
+      out = self.conv1b(self.activation(out))
+    if self.se_position == 'mid':
+      out = self._gate(out)
+    branch = self.conv2(self.activation(out))
+    if self.se_position == 'out':
+      branch = self._gate(branch)
+    out = self.stoch_depth(branch, is_training)
+    out = out * layers.skip_gain(out.dtype)
+    return out * self.alpha + shortcut, branch
+
+
 class ResidualNet(hk.Module):
   """Stem -> residual blocks -> head features -> mean pool -> dropout -> fc.
 
@@ -155,11 +250,43 @@ class ResidualNet(hk.Module):
 
   blocks: list[Block]
   fc: Callable[[jax.Array], jax.Array]
+  activation: Callable[[jax.Array], jax.Array]
+  final_conv: Optional[Callable[[jax.Array], jax.Array]] = None
 
-  def __init__(self, *, drop_rate: float, remat: bool, name: str):
-    """Sets the dropout rate before `fc` and whether to remat the blocks."""
+  def __init__(self, variants: Mapping[str, Any], variant: str, *,
+               depth: Optional[Sequence[int]],
+               widths: Optional[Sequence[int]], drop_rate: Optional[float],
+               remat: bool, name: str):
+    """Resolves the architecture table's row and its overrides.
+
+    Sets `self.depth` and `self.widths` (blocks and output channels per
+    stage, see `stage_layout`), `self.drop_rate` (dropout before `fc`) and
+    `self.remat` (rematerialize each block in the backward pass).
+
+    Args:
+      variants: the family's table, variant -> `ModelSpec`.
+      variant: a key of `variants`.
+      depth: blocks per stage, any number of stages; None takes the
+        variant's.
+      widths: output channels per stage before any width multiplier, one per
+        stage of `depth`; None takes the variant's.
+      drop_rate: dropout before the classifier; None takes the variant's.
+      remat: rematerialize each block in the backward pass (less activation
+        memory for about one more forward pass of compute).
+      name: module name; parameter paths start with it.
+
+    Raises:
+      ValueError: an unknown variant (the message lists the known ones) or
+        an invalid depth/widths override.
+    """
+    if variant not in variants:
+      raise ValueError(f'Unknown {name} variant {variant!r}; known: '
+                       f'{", ".join(variants)}.')
+    spec = variants[variant]
+    self.depth, self.widths = stage_layout(depth, widths, spec.depth,
+                                           spec.widths)
     super().__init__(name=name)
-    self.drop_rate = drop_rate
+    self.drop_rate = spec.drop_rate if drop_rate is None else drop_rate
     self.remat = remat
 
   def stem(self, x: jax.Array, is_training: bool) -> jax.Array:
@@ -167,8 +294,16 @@ class ResidualNet(hk.Module):
     raise NotImplementedError
 
   def head_features(self, x: jax.Array, is_training: bool) -> jax.Array:
-    """Last block's output -> the features to pool, [N, H, W, D]."""
-    raise NotImplementedError
+    """Last block's output -> the features to pool, [N, H, W, D].
+
+    By default the NF head: the pre-activation blocks leave their sum
+    unactivated, so it is activated (`self.activation`), after the widening
+    1x1 `self.final_conv` where the family has one.
+    """
+    del is_training
+    if self.final_conv is not None:
+      x = self.final_conv(x)
+    return self.activation(x)
 
   def __call__(
       self, x: jax.Array, is_training: bool = True,

@@ -45,50 +45,11 @@ NF_REGNET_VARIANTS: dict[str, registry.ModelSpec] = {
 _BASE_WIDTH_MULT = 0.75
 
 
-class NFBlock(hk.Module):
+class NFBlock(common.NFResidualBlock):
   """NF-RegNet inverted bottleneck: 1x1 expand -> grouped 3x3 -> SE -> 1x1.
 
   The transition shortcut is a 2x2 average pool followed by a 1x1 conv.
   """
-
-  def __init__(self, in_ch: int, out_ch: int, *, expansion: float = 2.25,
-               se_ratio: float = 0.5, group_size: int = 8, stride: int = 1,
-               beta: float = 1.0, alpha: float = 0.2,
-               activation: layers.Activation = jax.nn.silu,
-               conv: common.ConvFactory = layers.WSConv2D,
-               stochdepth_rate: float = 0.0, name: Optional[str] = None):
-    super().__init__(name=name)
-    self.stride, self.beta, self.alpha = stride, beta, alpha
-    self.activation = activation
-    self.width, groups = common.grouped_width(int(in_ch * expansion),
-                                              group_size)
-    self.conv0 = conv(self.width, kernel_shape=1, name='conv0')
-    self.conv1 = conv(self.width, kernel_shape=3, stride=stride,
-                      feature_group_count=groups, name='conv1')
-    self.conv2 = conv(out_ch, kernel_shape=1, name='conv2')
-    self.use_projection = stride > 1 or in_ch != out_ch
-    if self.use_projection:
-      self.conv_shortcut = conv(out_ch, kernel_shape=1, name='conv_shortcut')
-    self.se = layers.SqueezeExcite(self.width, self.width, se_ratio)
-    self.stoch_depth = layers.StochDepth(stochdepth_rate)
-
-  def __call__(self, x: jax.Array,
-               is_training: bool) -> tuple[jax.Array, jax.Array]:
-    """Returns (block output, residual branch output)."""
-    out = self.activation(x) * self.beta
-    if self.stride > 1:
-      shortcut = self.conv_shortcut(layers.avg_pool_2x2(out))
-    elif self.use_projection:
-      shortcut = self.conv_shortcut(out)
-    else:
-      shortcut = x
-    out = self.conv0(out)
-    out = self.conv1(self.activation(out))
-    out = 2 * self.se(out) * out
-    branch = self.conv2(self.activation(out))
-    out = self.stoch_depth(branch, is_training)
-    out = out * layers.skip_gain(out.dtype)
-    return out * self.alpha + shortcut, branch
 
 
 class NFRegNet(common.ResidualNet):
@@ -109,9 +70,8 @@ class NFRegNet(common.ResidualNet):
 
     Args:
       num_classes: classifier outputs.
+      depth, drop_rate, remat, name: see `common.ResidualNet`.
       variant: a key of `NF_REGNET_VARIANTS` ('B0'..'B8').
-      depth: blocks per stage, any number of stages; None takes the
-        variant's.
       widths: output channels per stage before `width` and the released
         models' 0.75 scaling, one per stage of `depth`; None takes the
         variant's.
@@ -121,23 +81,13 @@ class NFRegNet(common.ResidualNet):
       se_ratio: Squeeze-Excite hidden width as a fraction of the inner width.
       alpha: residual branch scale.
       stochdepth_rate: stochastic depth rate of the last block.
-      drop_rate: dropout before the classifier; None takes the variant's.
       activation: name (gamma from the table) or a callable (gamma estimated).
       fc_init: classifier weight initializer, zeros by default (as released).
       conv: convolution module factory (WSConv2D by default).
-      remat: rematerialize each block in the backward pass (less activation
-        memory for about one more forward pass of compute).
-      name: module name.
     """
-    if variant not in NF_REGNET_VARIANTS:
-      raise ValueError(f'Unknown NF-RegNet variant {variant!r}; known: '
-                       f'{sorted(NF_REGNET_VARIANTS)}.')
-    spec = NF_REGNET_VARIANTS[variant]
-    depth, widths = common.stage_layout(depth, widths, spec.depth,
-                                        spec.widths)
-    super().__init__(
-        drop_rate=spec.drop_rate if drop_rate is None else drop_rate,
-        remat=remat, name=name)
+    super().__init__(NF_REGNET_VARIANTS, variant, depth=depth, widths=widths,
+                     drop_rate=drop_rate, remat=remat, name=name)
+    depth, widths = self.depth, self.widths
     self.activation = layers.scaled_activation(activation)
     mult = _BASE_WIDTH_MULT * width
     ch = common.scaled_channels(widths[0], mult)
@@ -148,11 +98,13 @@ class NFRegNet(common.ResidualNet):
     for plan in self.plans:
       out_ch = common.scaled_channels(widths[plan.stage], mult)
       # The first block does not expand, following EfficientNets.
+      inner, groups = common.grouped_width(
+          int(ch * (1.0 if plan.index == 0 else expansion)), group_size)
       self.blocks.append(NFBlock(
-          ch, out_ch, expansion=1.0 if plan.index == 0 else expansion,
-          se_ratio=se_ratio, group_size=group_size,
-          stride=2 if plan.first_in_stage else 1, beta=plan.beta,
-          alpha=alpha, activation=self.activation, conv=conv,
+          ch, out_ch, width=inner, groups=groups,
+          stride=2 if plan.first_in_stage else 1, se='mid',
+          se_ratio=se_ratio, beta=plan.beta, alpha=alpha,
+          activation=self.activation, conv=conv,
           stochdepth_rate=plan.stochdepth_rate))
       ch = out_ch
     # EfficientNet-B0 widens 320 -> 1280 at its head; keep that ratio to the
@@ -167,10 +119,6 @@ class NFRegNet(common.ResidualNet):
     del is_training
     return self.initial_conv(x)
 
-  def head_features(self, x: jax.Array, is_training: bool) -> jax.Array:
-    """The widening final 1x1 conv, activated."""
-    del is_training
-    return self.activation(self.final_conv(x))
 
 
 for _variant in NF_REGNET_VARIANTS:

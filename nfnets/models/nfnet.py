@@ -53,7 +53,7 @@ NFNET_VARIANTS.update({
     for k, v in list(NFNET_VARIANTS.items())})
 
 
-class NFBlock(hk.Module):
+class NFBlock(common.NFResidualBlock):
   """NFNet bottleneck block with two grouped 3x3 convs ([NFNet] Figure 5).
 
   Pre-activation: h = conv2(act(conv1b(act(conv1(act(conv0(act(x) * beta)))))));
@@ -61,52 +61,6 @@ class NFBlock(hk.Module):
   itself or, at a transition, a 2x2 average pool (when strided) followed by a
   1x1 conv of act(x) * beta.
   """
-
-  def __init__(self, in_ch: int, out_ch: int, *, expansion: float = 0.5,
-               se_ratio: float = 0.5, kernel_size: int = 3,
-               group_size: int = 128, stride: int = 1, beta: float = 1.0,
-               alpha: float = 0.2, activation: layers.Activation = jax.nn.gelu,
-               conv: common.ConvFactory = layers.WSConv2D,
-               stochdepth_rate: float = 0.0, use_two_convs: bool = True,
-               name: Optional[str] = None):
-    super().__init__(name=name)
-    self.stride, self.beta, self.alpha = stride, beta, alpha
-    self.activation = activation
-    self.use_two_convs = use_two_convs
-    self.width, groups = common.grouped_width(int(out_ch * expansion),
-                                              group_size)
-    self.conv0 = conv(self.width, kernel_shape=1, name='conv0')
-    self.conv1 = conv(self.width, kernel_shape=kernel_size, stride=stride,
-                      feature_group_count=groups, name='conv1')
-    if use_two_convs:
-      self.conv1b = conv(self.width, kernel_shape=kernel_size,
-                         feature_group_count=groups, name='conv1b')
-    self.conv2 = conv(out_ch, kernel_shape=1, name='conv2')
-    self.use_projection = stride > 1 or in_ch != out_ch
-    if self.use_projection:
-      self.conv_shortcut = conv(out_ch, kernel_shape=1, name='conv_shortcut')
-    self.se = layers.SqueezeExcite(out_ch, out_ch, se_ratio)
-    self.stoch_depth = layers.StochDepth(stochdepth_rate)
-
-  def __call__(self, x: jax.Array,
-               is_training: bool) -> tuple[jax.Array, jax.Array]:
-    """Returns (block output, residual branch output), both [N, H', W', out_ch]."""
-    out = self.activation(x) * self.beta
-    if self.stride > 1:
-      shortcut = self.conv_shortcut(layers.avg_pool_2x2(out))
-    elif self.use_projection:
-      shortcut = self.conv_shortcut(out)
-    else:
-      shortcut = x
-    out = self.conv0(out)
-    out = self.conv1(self.activation(out))
-    if self.use_two_convs:
-      out = self.conv1b(self.activation(out))
-    out = self.conv2(self.activation(out))
-    branch = 2 * self.se(out) * out
-    out = self.stoch_depth(branch, is_training)
-    out = out * layers.skip_gain(out.dtype)
-    return out * self.alpha + shortcut, branch
 
 
 class NFNet(common.ResidualNet):
@@ -128,9 +82,8 @@ class NFNet(common.ResidualNet):
 
     Args:
       num_classes: classifier outputs.
+      depth, drop_rate, remat, name: see `common.ResidualNet`.
       variant: a key of `NFNET_VARIANTS` ('F0'..'F7', 'F0+'..'F7+').
-      depth: blocks per stage, any number of stages; None takes the
-        variant's.
       widths: output channels per stage (before `width`), one per stage of
         `depth`; None takes the variant's. The stem ends at half the first.
       width: multiplier on every channel count (1.0 is the published model);
@@ -138,7 +91,6 @@ class NFNet(common.ResidualNet):
       se_ratio: Squeeze-Excite hidden width as a fraction of its input.
       alpha: residual branch scale.
       stochdepth_rate: stochastic depth rate of the last block (linear in depth).
-      drop_rate: dropout before the classifier; None takes the variant's.
       activation: name (gamma from the table) or a callable (gamma estimated).
       fc_init: classifier weight initializer, N(0, 0.01) by default.
       final_conv_mult: width of the final 1x1 conv relative to the last stage.
@@ -146,19 +98,10 @@ class NFNet(common.ResidualNet):
       expansion: bottleneck ratio of the block's inner width to its output.
       use_two_convs: two grouped 3x3 convs per block (NFNets) or one.
       conv: convolution module factory (WSConv2D by default).
-      remat: rematerialize each block in the backward pass (less activation
-        memory for about one more forward pass of compute).
-      name: module name.
     """
-    if variant not in NFNET_VARIANTS:
-      raise ValueError(f'Unknown NFNet variant {variant!r}; known: '
-                       f'{sorted(NFNET_VARIANTS)}.')
-    spec = NFNET_VARIANTS[variant]
-    depth, widths = common.stage_layout(depth, widths, spec.depth,
-                                        spec.widths)
-    super().__init__(
-        drop_rate=spec.drop_rate if drop_rate is None else drop_rate,
-        remat=remat, name=name)
+    super().__init__(NFNET_VARIANTS, variant, depth=depth, widths=widths,
+                     drop_rate=drop_rate, remat=remat, name=name)
+    depth, widths = self.depth, self.widths
     self.num_classes = num_classes
     self.activation = layers.scaled_activation(activation)
     group_size = common.scaled_channels(group_size, width)
@@ -175,11 +118,13 @@ class NFNet(common.ResidualNet):
     for plan in self.plans:
       out_ch = common.scaled_channels(widths[plan.stage], width)
       stride = 2 if plan.first_in_stage and plan.stage > 0 else 1
+      inner, groups = common.grouped_width(int(out_ch * expansion),
+                                           group_size)
       self.blocks.append(NFBlock(
-          ch, out_ch, expansion=expansion, se_ratio=se_ratio,
-          group_size=group_size, stride=stride, beta=plan.beta, alpha=alpha,
-          activation=self.activation, conv=conv,
-          stochdepth_rate=plan.stochdepth_rate, use_two_convs=use_two_convs))
+          ch, out_ch, width=inner, groups=groups, stride=stride,
+          two_mid_convs=use_two_convs, se='out', se_ratio=se_ratio,
+          beta=plan.beta, alpha=alpha, activation=self.activation, conv=conv,
+          stochdepth_rate=plan.stochdepth_rate))
       ch = out_ch
     self.final_conv = conv(int(final_conv_mult * ch), kernel_shape=1,
                            name='final_conv')
@@ -195,10 +140,6 @@ class NFNet(common.ResidualNet):
       out = stem_conv(out if i == 0 else self.activation(out))
     return out
 
-  def head_features(self, x: jax.Array, is_training: bool) -> jax.Array:
-    """The widening final 1x1 conv, activated."""
-    del is_training
-    return self.activation(self.final_conv(x))
 
 
 for _variant in NFNET_VARIANTS:
