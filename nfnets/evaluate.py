@@ -34,7 +34,6 @@ from nfnets import pretrained
 from nfnets.train import checkpoint
 from nfnets.train import state as state_lib
 from nfnets.train import step as step_lib
-from nfnets.train.metrics import read_metrics  # pylint: disable=unused-import
 
 PathLike = Union[str, pathlib.Path]
 

@@ -13,6 +13,7 @@ from nfnets import data
 from nfnets import evaluate
 from nfnets import pretrained
 from nfnets.cli import evaluate as evaluate_cli
+from nfnets.train import metrics
 from nfnets.train import state as train_state
 
 # Needs the session's tiny trained run (`digits_run` in conftest.py), whose
@@ -148,6 +149,6 @@ def test_arrays_of_another_model_are_listed(workdir, tmp_path):
 
 
 def test_read_metrics(workdir):
-  records = evaluate.read_metrics(workdir)
+  records = metrics.read_metrics(workdir)
   assert records and all('step' in r for r in records)
   assert any(k.startswith('eval/') for r in records for k in r)

@@ -332,7 +332,11 @@ def _beta(seed: tf.Tensor, alpha: float) -> tf.Tensor:
 
 def mixup(images: tf.Tensor, labels: tf.Tensor, ratio: tf.Tensor
           ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-  """TF twin of `nfnets.data.mixing.mixup`."""
+  """Blends each example with the batch's reversed order.
+
+  Returns (mixed images, mix_labels [B], mix_ratio float32 [B]); `ratio` is
+  the weight of the original image.
+  """
   mixed = ratio * images + (1.0 - ratio) * tf.reverse(images, [0])
   ratios = tf.fill(tf.shape(labels), tf.cast(ratio, tf.float32))
   return mixed, tf.reverse(labels, [0]), ratios
@@ -340,7 +344,11 @@ def mixup(images: tf.Tensor, labels: tf.Tensor, ratio: tf.Tensor
 
 def cutmix_box(ratio: tf.Tensor, height: int, width: int, center_y: tf.Tensor,
                center_x: tf.Tensor) -> tf.Tensor:
-  """TF twin of `nfnets.data.mixing.cutmix_box`; [4] int32."""
+  """The pasted rectangle (top, left, bottom, right), half-open, clipped.
+
+  Its nominal area is (1 - ratio) of the image (CutMix, Yun et al., 2019);
+  clipping at the border can make it smaller. Returns [4] int32.
+  """
   cut = tf.sqrt(1.0 - ratio)
   cut_h = tf.cast(height * cut, tf.int32)
   cut_w = tf.cast(width * cut, tf.int32)
@@ -354,7 +362,10 @@ def cutmix_box(ratio: tf.Tensor, height: int, width: int, center_y: tf.Tensor,
 
 def cutmix(images: tf.Tensor, labels: tf.Tensor, box: tf.Tensor
            ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-  """TF twin of `nfnets.data.mixing.cutmix`; box is (top, left, bottom, right).
+  """Pastes the reversed batch into `box` (top, left, bottom, right).
+
+  Returns (mixed images, mix_labels [B], mix_ratio float32 [B]) where
+  mix_ratio is the fraction of pixels still from the original image.
   """
   height, width = images.shape[1], images.shape[2]
   top, left, bottom, right = tf.unstack(box)

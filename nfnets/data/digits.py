@@ -6,11 +6,11 @@ replicated to RGB (every model sees 3 channels) and held in memory as NumPy;
 batches are cut by index, which makes the stream a pure function of
 (seed, step, process) and resuming free.
 
-Augmentation: random shifts (`max_shift`), MixUp/CutMix in NumPy, and, when
-`randaugment_layers` > 0, the tf.data pipelines' RandAugment run eagerly on
-each batch (TensorFlow is then imported; about 0.5 ms per 32 px image on
-this 2-core machine after a one-off ~5 s trace), so CPU smoke runs of an
-ImageNet recipe exercise its augmentation.
+Augmentation: random shifts (`max_shift`) in NumPy and, when enabled, the
+tf.data pipelines' own RandAugment and MixUp/CutMix (`nfnets.data.augment`)
+run eagerly on each batch (TensorFlow is then imported; RandAugment costs
+about 0.5 ms per 32 px image on this 2-core machine after a one-off ~5 s
+trace), so CPU smoke runs of an ImageNet recipe exercise its augmentation.
 """
 import functools
 from typing import Iterator
@@ -19,7 +19,6 @@ import ml_collections
 import numpy as np
 
 from nfnets.data import base
-from nfnets.data import mixing
 
 # Fixed split: 20% stratified test set, drawn once with this seed.
 _TEST_FRACTION = 0.2
@@ -135,6 +134,21 @@ def _randaugment(images: np.ndarray, data_config: ml_collections.ConfigDict,
   return fn(rgb, seeds).numpy()[..., 0]
 
 
+def _mix(images: np.ndarray, labels: np.ndarray,
+         data_config: ml_collections.ConfigDict,
+         seed_word: int) -> dict[str, np.ndarray]:
+  """MixUp/CutMix as configured (`augment.mix_batch`), on NumPy arrays."""
+  if data_config.mixup_alpha <= 0 and data_config.cutmix_alpha <= 0:
+    return {'images': images, 'labels': labels}
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from nfnets.data import augment  # pylint: disable=g-import-not-at-top
+  batch = augment.mix_batch(
+      {'images': tf.constant(images), 'labels': tf.constant(labels)},
+      tf.constant([seed_word, 0], tf.int64), data_config.mixup_alpha,
+      data_config.cutmix_alpha)
+  return {k: v.numpy() for k, v in batch.items()}
+
+
 def _split_name(split: str) -> str:
   if split not in ('train', 'test'):
     raise ValueError(f'Unknown digits split {split!r}; known splits: '
@@ -185,10 +199,8 @@ def build_train(data_config: ml_collections.ConfigDict, *, batch_size: int,
     if data_config.randaugment_layers:
       batch_images = _randaugment(batch_images, data_config,
                                   int(rng.integers(1 << 31)))
-    batch = mixing.mix_batch(_normalize(batch_images, data_config),
-                             labels[idx], rng, data_config.mixup_alpha,
-                             data_config.cutmix_alpha)
-    yield batch
+    yield _mix(_normalize(batch_images, data_config), labels[idx],
+               data_config, int(rng.integers(1 << 31)))
     step += 1
 
 
