@@ -238,9 +238,8 @@ class ResNet(common.ResidualNet):
       num_classes: classifier outputs.
       depth, drop_rate, remat, name: see `common.ResidualNet`.
       variant: a key of `RESNET_VARIANTS` ('50', '101', ..., '600').
-      widths: output channels per stage (before `width`), one per stage of
-        `depth`; None takes ResNet's (256, 512, 1024, 2048).
-      width: multiplier on every channel count (1.0 is ResNet's 64..2048).
+      widths, width: stage widths and their multiplier, as for
+        `nf_resnet.NFResNet`.
       ordering: one of `ORDERINGS`.
       norm: 'batch' (BatchNorm; uses and updates state) or 'group'.
       groups: GroupNorm groups (reduced to a divisor of narrow layers).
@@ -255,7 +254,6 @@ class ResNet(common.ResidualNet):
       raise ValueError(f'norm must be one of {NORMS}, got {norm!r}.')
     super().__init__(RESNET_VARIANTS, variant, depth=depth, widths=widths,
                      drop_rate=drop_rate, remat=remat, name=name)
-    depth, widths = self.depth, self.widths
     self.ordering = ordering
     self.activation = layers.raw_activation(activation)
     ch = common.scaled_channels(_STEM_WIDTH, width)
@@ -268,8 +266,8 @@ class ResNet(common.ResidualNet):
     if ordering == 'conv_bn_relu':
       self.initial_norm = mk(ch, 'initial_norm')
     self.blocks = []
-    for stage, num_blocks in enumerate(depth):
-      out_ch = common.scaled_channels(widths[stage], width)
+    for stage, num_blocks in enumerate(self.depth):
+      out_ch = common.scaled_channels(self.widths[stage], width)
       for block in range(num_blocks):
         stride = 2 if block == 0 and stage > 0 else 1
         self.blocks.append(ResBlock(

@@ -87,16 +87,15 @@ class NFRegNet(common.ResidualNet):
     """
     super().__init__(NF_REGNET_VARIANTS, variant, depth=depth, widths=widths,
                      drop_rate=drop_rate, remat=remat, name=name)
-    depth, widths = self.depth, self.widths
     self.activation = layers.scaled_activation(activation)
     mult = _BASE_WIDTH_MULT * width
-    ch = common.scaled_channels(widths[0], mult)
+    ch = common.scaled_channels(self.widths[0], mult)
     self.initial_conv = conv(ch, kernel_shape=3, stride=2,
                              name='initial_conv')
-    self.plans = common.block_plans(depth, alpha, stochdepth_rate)
+    self.plans = common.block_plans(self.depth, alpha, stochdepth_rate)
     self.blocks = []
     for plan in self.plans:
-      out_ch = common.scaled_channels(widths[plan.stage], mult)
+      out_ch = common.scaled_channels(self.widths[plan.stage], mult)
       # The first block does not expand, following EfficientNets.
       inner, groups = common.grouped_width(
           int(ch * (1.0 if plan.index == 0 else expansion)), group_size)

@@ -87,15 +87,14 @@ class NFResNet(common.ResidualNet):
     """
     super().__init__(NF_RESNET_VARIANTS, variant, depth=depth, widths=widths,
                      drop_rate=drop_rate, remat=remat, name=name)
-    depth, widths = self.depth, self.widths
     self.activation = layers.scaled_activation(activation)
     ch = common.scaled_channels(_STEM_WIDTH, width)
     self.initial_conv = conv(ch, kernel_shape=7, stride=2,
                              name='initial_conv')
-    self.plans = common.block_plans(depth, alpha, stochdepth_rate)
+    self.plans = common.block_plans(self.depth, alpha, stochdepth_rate)
     self.blocks = []
     for plan in self.plans:
-      out_ch = common.scaled_channels(widths[plan.stage], width)
+      out_ch = common.scaled_channels(self.widths[plan.stage], width)
       stride = 2 if plan.first_in_stage and plan.stage > 0 else 1
       self.blocks.append(NFResBlock(
           ch, out_ch, width=common.scaled_channels(out_ch, _BOTTLENECK_RATIO),

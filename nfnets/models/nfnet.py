@@ -101,11 +101,10 @@ class NFNet(common.ResidualNet):
     """
     super().__init__(NFNET_VARIANTS, variant, depth=depth, widths=widths,
                      drop_rate=drop_rate, remat=remat, name=name)
-    depth, widths = self.depth, self.widths
     self.num_classes = num_classes
     self.activation = layers.scaled_activation(activation)
     group_size = common.scaled_channels(group_size, width)
-    ch = common.scaled_channels(widths[0] // 2, width)
+    ch = common.scaled_channels(self.widths[0] // 2, width)
     stem_widths = [common.scaled_channels(c, width) for c in (16, 32, 64)]
     self.stem_convs = [
         conv(stem_widths[0], kernel_shape=3, stride=2, name='stem_conv0'),
@@ -113,10 +112,10 @@ class NFNet(common.ResidualNet):
         conv(stem_widths[2], kernel_shape=3, stride=1, name='stem_conv2'),
         conv(ch, kernel_shape=3, stride=2, name='stem_conv3'),
     ]
-    self.plans = common.block_plans(depth, alpha, stochdepth_rate)
+    self.plans = common.block_plans(self.depth, alpha, stochdepth_rate)
     self.blocks = []
     for plan in self.plans:
-      out_ch = common.scaled_channels(widths[plan.stage], width)
+      out_ch = common.scaled_channels(self.widths[plan.stage], width)
       stride = 2 if plan.first_in_stage and plan.stage > 0 else 1
       inner, groups = common.grouped_width(int(out_ch * expansion),
                                            group_size)
