@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 
 from nfnets import data
+from nfnets import errors
 from nfnets import layers
 from nfnets import models
 from nfnets import pretrained
@@ -142,9 +143,20 @@ class LoadedCheckpoint:
     return self._inference
 
   def logits(self, images: Any) -> jax.Array:
-    """Logits [N, num_classes] of preprocessed images [N, S, S, 3]."""
+    """Logits [N, num_classes] of preprocessed images [N, S, S, 3].
+
+    Raises:
+      InputError: not a batch of RGB images, or non-finite values.
+    """
+    images = jnp.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise errors.InputError(
+          'logits takes a batch of preprocessed RGB images [N, S, S, 3] (see '
+          f'`preprocess`); got shape {images.shape}.')
+    if not bool(jnp.all(jnp.isfinite(images))):
+      raise errors.InputError('Images contain NaN or infinite values.')
     apply, params = self.inference
-    return apply(params, self.state, jnp.asarray(images))
+    return apply(params, self.state, images)
 
   def preprocess(self, images: Any) -> jax.Array:
     """The eval resize/crop and normalization (`data.preprocess_for_eval`)."""
@@ -163,6 +175,9 @@ class LoadedCheckpoint:
       float32 [N, num_classes] softmax probabilities.
     """
     images = np.asarray(images)
+    if batch_size < 1:
+      raise errors.InputError(f'batch_size must be positive, got {batch_size}.')
+    data.check_images(images)
     out = []
     for start in range(0, len(images), batch_size):
       x = self.preprocess(images[start:start + batch_size])
@@ -248,7 +263,13 @@ def evaluate(ckpt: LoadedCheckpoint, *, batch_size: Optional[int] = None,
   data_config = ckpt.config.data.copy_and_resolve_references()
   if split is not None:
     data_config.eval_split = split
+    try:
+      data.validate(data_config)
+    except ValueError as e:
+      raise errors.InputError(str(e)) from e
   split = data.base.eval_split(data_config)
+  if batch_size is not None and batch_size < 1:
+    raise errors.InputError(f'batch_size must be positive, got {batch_size}.')
   batch_size = batch_size or ckpt.config.eval.batch_size
   num_batches = math.ceil(data.num_examples(data_config, split) / batch_size)
   if max_batches is not None:

@@ -10,11 +10,13 @@ $JAX_NUM_PROCESSES, $JAX_PROCESS_ID, $JAX_COORDINATOR_ADDRESS) on every host.
 """
 from __future__ import annotations
 
+import ast
 import json
 import logging as pylogging
 import os
 import pathlib
-from typing import Optional, Sequence
+import sys
+from typing import Any, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -23,28 +25,61 @@ import jax
 from ml_collections import config_flags
 
 from nfnets import train
+from nfnets.cli import common
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent / 'configs' / 'digits.py'
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', default=str(DEFAULT_CONFIG),
-    help_string='Config file, e.g. experiments/nfnet_f1.py (add :runlocal to '
-    'shrink it to a CPU smoke test); fields are overridden with '
-    '--config.training.batch_size=256 etc.', lock_config=True)
-_WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Work directory: config, logs and checkpoints. A run '
-    'resumes from the newest checkpoint found here.')
-_NUM_PROCESSES = flags.DEFINE_integer(
-    'num_processes', int(os.environ.get('JAX_NUM_PROCESSES', '1')),
-    'Number of processes (hosts) of a multi-host run; default from '
-    '$JAX_NUM_PROCESSES.')
-_PROCESS_ID = flags.DEFINE_integer(
-    'process_id', int(os.environ.get('JAX_PROCESS_ID', '0')),
-    'Index of this process in a multi-host run; default from $JAX_PROCESS_ID.')
-_COORDINATOR = flags.DEFINE_string(
-    'coordinator_address', os.environ.get('JAX_COORDINATOR_ADDRESS'),
-    'host:port of process 0 in a multi-host run; default from '
-    '$JAX_COORDINATOR_ADDRESS.')
+
+
+_KWARGS_PREFIX = '--config.model.kwargs.'
+
+
+def take_model_kwargs(argv: list[str]) -> dict[str, Any]:
+  """Removes `--config.model.kwargs.NAME=VALUE` from `argv`; returns them.
+
+  Any constructor argument of the model can be set this way, including those
+  the config file does not list (which `config_flags` could not override).
+  Values are Python literals (`0.5`, `True`, `(1, 2, 1, 1)`), else strings
+  (`silu`); the runner checks the names against the model's signature.
+  """
+  taken = {}
+  for arg in list(argv[1:]):
+    if arg.startswith(_KWARGS_PREFIX) and '=' in arg:
+      name, _, text = arg[len(_KWARGS_PREFIX):].partition('=')
+      try:
+        taken[name] = ast.literal_eval(text)
+      except (ValueError, SyntaxError):
+        taken[name] = text
+      argv.remove(arg)
+  return taken
+
+
+def define_flags() -> dict[str, Any]:
+  """Defines the runner's flags (loading the config file named by --config)."""
+  return {
+      'model_kwargs': take_model_kwargs(sys.argv),
+      'config': config_flags.DEFINE_config_file(
+          'config', default=str(DEFAULT_CONFIG),
+          help_string='Config file, e.g. experiments/nfnet_f1.py (add '
+          ':runlocal to shrink it to a CPU smoke test); fields are '
+          'overridden with --config.training.batch_size=256 etc.',
+          lock_config=True),
+      'workdir': flags.DEFINE_string(
+          'workdir', None, 'Work directory: config, logs and checkpoints. A '
+          'run resumes from the newest checkpoint found here.'),
+      'num_processes': flags.DEFINE_integer(
+          'num_processes', int(os.environ.get('JAX_NUM_PROCESSES', '1')),
+          'Number of processes (hosts) of a multi-host run; default from '
+          '$JAX_NUM_PROCESSES.'),
+      'process_id': flags.DEFINE_integer(
+          'process_id', int(os.environ.get('JAX_PROCESS_ID', '0')),
+          'Index of this process in a multi-host run; default from '
+          '$JAX_PROCESS_ID.'),
+      'coordinator_address': flags.DEFINE_string(
+          'coordinator_address', os.environ.get('JAX_COORDINATOR_ADDRESS'),
+          'host:port of process 0 in a multi-host run; default from '
+          '$JAX_COORDINATOR_ADDRESS.'),
+  }
 
 
 def initialize_distributed(num_processes: int, process_id: int,
@@ -68,20 +103,22 @@ class _QuietOrbax(pylogging.Filter):
             f'{os.sep}orbax{os.sep}' not in record.pathname)
 
 
-def main(argv: Sequence[str]) -> None:
+def main(argv: Sequence[str], defined: dict[str, Any]) -> None:
+  """Trains `--config` in `--workdir` (see the module docstring)."""
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not _WORKDIR.value:
+  if not defined['workdir'].value:
     raise app.UsageError('--workdir is required.')
   logging.get_absl_handler().addFilter(_QuietOrbax())
-  initialize_distributed(_NUM_PROCESSES.value, _PROCESS_ID.value,
-                         _COORDINATOR.value)
-  try:
-    metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except train.ConfigError as e:
-    raise app.UsageError(str(e)) from e
+  initialize_distributed(defined['num_processes'].value,
+                         defined['process_id'].value,
+                         defined['coordinator_address'].value)
+  config = common.load_config(defined['config'])
+  with config.unlocked():
+    config.model.kwargs.update(defined['model_kwargs'])
+  metrics = train.train_and_evaluate(config, defined['workdir'].value)
   logging.info('Final metrics: %s', json.dumps(metrics, sort_keys=True))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common.run(main, define_flags)

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nfnets import errors
 from nfnets import models
 from nfnets import optim
 from nfnets.train import checkpoint
@@ -42,11 +43,11 @@ PathLike = Union[str, os.PathLike]
 Params = dict[str, dict[str, np.ndarray]]
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(errors.UserError, pickle.UnpicklingError):
   """A pickle asked for a global outside the admitted set."""
 
 
-class WeightsMismatchError(ValueError):
+class WeightsMismatchError(errors.UserError, ValueError):
   """Loaded weights do not fit the model (missing, unexpected or mis-shaped)."""
 
 

@@ -3,6 +3,8 @@ import hashlib
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -88,20 +90,21 @@ def test_cli_prints_metrics_writes_png_and_leaves_workdir_alone(
     workdir, tmp_path, capsys):
   before = _snapshot(workdir)
   png = tmp_path / 'confusion.png'
-  result = evaluate_cli.main([f'--workdir={workdir}', '--no_progress',
-                          f'--confusion_png={png}'])
+  result = evaluate_cli.parse_and_run([f'--workdir={workdir}', '--no_progress',
+                                       f'--confusion_png={png}'])
   out = capsys.readouterr().out
   assert f'top-1 {result.top1:.4f}' in out and 'images 360' in out
   assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   step_dir = workdir / 'checkpoints' / '1'
-  evaluate_cli.main([f'--checkpoint={step_dir}', '--raw', '--no_progress',
-                 f'--confusion_png={tmp_path / "c1.png"}'])
+  evaluate_cli.parse_and_run([f'--checkpoint={step_dir}', '--raw',
+                              '--no_progress',
+                              f'--confusion_png={tmp_path / "c1.png"}'])
   assert 'step 1 (raw weights)' in capsys.readouterr().out
   assert _snapshot(workdir) == before
 
 
 @pytest.mark.parametrize('case', ['missing', 'no_step', 'corrupt', 'model'])
-def test_bad_checkpoints_are_clear_errors(workdir, tmp_path, case, capsys):
+def test_bad_checkpoints_are_clear_errors(workdir, tmp_path, case):
   copy = tmp_path / 'copy'
   shutil.copytree(workdir, copy)
   if case == 'missing':
@@ -124,9 +127,13 @@ def test_bad_checkpoints_are_clear_errors(workdir, tmp_path, case, capsys):
       evaluate.load_checkpoint(target)
   assert needle in str(err.value)
   if case != 'no_step' and case != 'model':
-    with pytest.raises(SystemExit):
-      evaluate_cli.main([f'--workdir={target}', '--no_progress'])
-    assert needle in capsys.readouterr().err
+    # The command line prints the same message as one line, no traceback.
+    result = subprocess.run(
+        [sys.executable, '-m', 'nfnets.evaluate', f'--workdir={target}',
+         '--no_progress'], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert needle in result.stderr and 'Traceback' not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith('error: ')
 
 
 def test_arrays_of_another_model_are_listed(workdir, tmp_path):

@@ -21,17 +21,18 @@ MAX_LINES = 450
 
 # Part -> the parts it may import (itself always allowed).
 ALLOWED = {
-    'layers': set(),
-    'data': set(),
-    'optim': set(),
-    'models': {'layers'},
-    'train': {'layers', 'models', 'data', 'optim'},
-    'pretrained': {'models', 'optim', 'train'},
+    'errors': set(),
+    'layers': {'errors'},
+    'data': {'errors'},
+    'optim': {'errors'},
+    'models': {'errors', 'layers'},
+    'train': {'errors', 'layers', 'models', 'data', 'optim'},
+    'pretrained': {'errors', 'models', 'optim', 'train'},
     'configs': {'models', 'data', 'train'},
-    'evaluate': {'layers', 'models', 'data', 'pretrained', 'train'},
-    'spp': {'models'},
-    'cli': {'evaluate', 'spp', 'pretrained'},
-    'experiment': {'train'},
+    'evaluate': {'errors', 'layers', 'models', 'data', 'pretrained', 'train'},
+    'spp': {'errors', 'models'},
+    'cli': {'errors', 'evaluate', 'spp', 'pretrained', 'train', 'configs'},
+    'experiment': {'cli', 'errors', 'train', 'configs'},
     '__init__': set(),
 }
 

@@ -16,6 +16,7 @@ from absl import app
 from absl import flags
 
 from nfnets import spp
+from nfnets.cli import common
 
 _MODELS = flags.DEFINE_list(
     'models', list(spp.SHORT_NAMES),
@@ -46,7 +47,7 @@ def main(argv: Sequence[str]) -> None:
 
 def run() -> None:
   """`python -m nfnets.spp`: parses the flags and runs `main`."""
-  app.run(main)
+  common.run(main)
 
 
 if __name__ == '__main__':

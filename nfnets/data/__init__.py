@@ -6,6 +6,8 @@ Contract with the runner:
   fields; None placeholders mean "the data set's own default").
   `validate(config.data)` raises on unknown data sets, splits, crops or
   negative strengths without reading data.
+* `check_available(config.data)` raises a `nfnets.errors.UserError` with
+  the prepare command when the data is missing, reading no examples.
 * `num_examples(config.data, split)`, `num_classes(config.data)`,
   `train_split` / `eval_split` / `eval_crop(config.data)` (resolved defaults).
 * `build_train(config.data, *, batch_size, seed, start_step=0,
@@ -28,6 +30,7 @@ Contract with the runner:
 * `digits.raw_images('test')` returns the raw uint8 8x8 digits and labels.
 """
 from nfnets.data import digits
+from nfnets.data.base import check_images
 from nfnets.data.base import DATASETS
 from nfnets.data.base import default_config
 from nfnets.data.base import eval_crop
@@ -40,6 +43,7 @@ from nfnets.data.base import preprocess_for_eval
 from nfnets.data.base import train_split
 from nfnets.data.base import validate
 from nfnets.data.pipeline import build_eval
+from nfnets.data.pipeline import check_available
 from nfnets.data.pipeline import build_train
 from nfnets.data.pipeline import num_examples
 from nfnets.data.pipeline import prefetch_to_devices

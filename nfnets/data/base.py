@@ -13,6 +13,8 @@ import ml_collections
 from ml_collections import config_dict
 import numpy as np
 
+from nfnets import errors
+
 ArrayLike = Union[np.ndarray, jax.Array]
 
 EVAL_CROPS = ('resize', 'resize_crop', 'aspect')
@@ -226,20 +228,55 @@ def normalize(images: ArrayLike,
   return (jnp.asarray(images, jnp.float32) - mean) / std
 
 
+# Float images are read as 0..1; values this far outside still count as in
+# range (rounding from a resize or a colour conversion).
+_FLOAT_RANGE_TOLERANCE = 1e-3
+
+
+def check_images(images: np.ndarray) -> None:
+  """Raises `InputError` for images `preprocess_for_eval` would misread.
+
+  The rules: a batch is [N, H, W] (grayscale), [N, H, W, 1] or
+  [N, H, W, 3]; a 3-D array whose last axis is 1 or 3 is refused, since it
+  reads as one unbatched image just as well (pass `images[None]` for one
+  image, or [N, H, W, 1] for grayscale). uint8 images are 0..255; float
+  images must be finite and within [0, 1].
+  """
+  if images.dtype != np.uint8 and not np.issubdtype(images.dtype,
+                                                    np.floating):
+    raise errors.InputError(
+        f'Images must be uint8 (0..255) or float (0..1), got {images.dtype}.')
+  if images.ndim == 3 and images.shape[-1] in (1, 3):
+    raise errors.InputError(
+        f'Images of shape {images.shape} could be one unbatched image; pass '
+        'a batch: images[None] for one image, [N, H, W, 1] for grayscale.')
+  if images.ndim not in (3, 4) or (images.ndim == 4 and
+                                   images.shape[-1] not in (1, 3)):
+    raise errors.InputError(
+        'Images must be a batch [N, H, W], [N, H, W, 1] or [N, H, W, 3]; got '
+        f'shape {images.shape}.')
+  if images.dtype != np.uint8 and images.size:
+    if not np.all(np.isfinite(images)):
+      raise errors.InputError('Images contain NaN or infinite values.')
+    low, high = float(images.min()), float(images.max())
+    tol = _FLOAT_RANGE_TOLERANCE
+    if low < -tol or high > 1 + tol:
+      raise errors.InputError(
+          f'Float images must be in [0, 1], got values in [{low:.4g}, '
+          f'{high:.4g}]; divide 0..255 values by 255, or pass uint8.')
+
+
 def _to_rgb_255(images: ArrayLike) -> jax.Array:
   """[N, H, W], [N, H, W, 1] or [N, H, W, 3] -> float32 [N, H, W, 3], 0..255."""
+  if not isinstance(images, jax.core.Tracer):
+    check_images(np.asarray(images))
   images = jnp.asarray(images)
   if images.dtype == jnp.uint8:
     images = images.astype(jnp.float32)
-  elif jnp.issubdtype(images.dtype, jnp.floating):
-    images = images.astype(jnp.float32) * 255.0
   else:
-    raise TypeError(f'Images must be uint8 or floating, got {images.dtype}.')
+    images = images.astype(jnp.float32) * 255.0
   if images.ndim == 3:
     images = images[..., None]
-  if images.ndim != 4 or images.shape[-1] not in (1, 3):
-    raise ValueError('Images must be [N, H, W], [N, H, W, 1] or [N, H, W, 3]; '
-                     f'got shape {images.shape}.')
   if images.shape[-1] == 1:
     images = jnp.repeat(images, 3, axis=-1)
   return images
@@ -267,7 +304,8 @@ def preprocess_for_eval(images: ArrayLike,
 
   Args:
     images: uint8 (0..255) or floating (0..1) images, [N, H, W], [N, H, W, 1]
-      or [N, H, W, 3]; grayscale is replicated to RGB.
+      or [N, H, W, 3]; grayscale is replicated to RGB. `check_images` says
+      what is refused.
     data_config: the `config.data` group (eval_image_size, eval_crop,
       crop_padding and the data set's statistics).
     resize_method: overrides the data set's resize method.

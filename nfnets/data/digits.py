@@ -149,6 +149,11 @@ def _mix(images: np.ndarray, labels: np.ndarray,
   return {k: v.numpy() for k, v in batch.items()}
 
 
+def check_available(data_config: ml_collections.ConfigDict) -> None:
+  """The digits ship with scikit-learn: always available."""
+  del data_config
+
+
 def _split_name(split: str) -> str:
   if split not in ('train', 'test'):
     raise ValueError(f'Unknown digits split {split!r}; known splits: '

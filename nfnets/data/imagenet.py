@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from nfnets import errors
 from nfnets.data import augment
 from nfnets.data import base
 
@@ -43,6 +44,10 @@ tfds.builder('{name}', data_dir='{data_dir}').download_and_prepare(\\
 download_config=tfds.download.DownloadConfig(manual_dir='M'))"
 
 then set --config.data.data_dir={data_dir}."""
+
+
+class DataNotPreparedError(errors.UserError, FileNotFoundError):
+  """The tfds data set has not been prepared in its data directory."""
 
 
 def _builder(data_config: ml_collections.ConfigDict
@@ -67,8 +72,16 @@ def _read(builder: tfds.core.DatasetBuilder, split, *,
     # tfds reports an unprepared data set with an AssertionError.
     # builder.data_dir is <root>/<name>/<version>; the config names <root>.
     root = os.path.dirname(os.path.dirname(builder.data_dir))
-    raise FileNotFoundError(_PREPARE_HELP.format(
+    raise DataNotPreparedError(_PREPARE_HELP.format(
         name=builder.name, data_dir=root)) from e
+
+
+def check_available(data_config: ml_collections.ConfigDict) -> None:
+  """Raises `DataNotPreparedError` (with the prepare command) if the train
+  or eval split cannot be read; opening them reads no records."""
+  builder = _builder(data_config)
+  for split in (base.train_split(data_config), base.eval_split(data_config)):
+    _read(builder, split)
 
 
 def _shards(split: str, process_count: int) -> list:

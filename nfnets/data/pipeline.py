@@ -23,6 +23,12 @@ def _module(data_config: ml_collections.ConfigDict) -> Any:
   return imagenet
 
 
+def check_available(data_config: ml_collections.ConfigDict) -> None:
+  """Raises a `nfnets.errors.UserError` saying how to get the data if the
+  configured splits cannot be read; reads no examples."""
+  _module(data_config).check_available(data_config)
+
+
 def num_examples(data_config: ml_collections.ConfigDict,
                  split: Optional[str] = None) -> int:
   """Number of examples in a split (default: the configured train split).

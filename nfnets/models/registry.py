@@ -8,10 +8,13 @@ Each family file registers its own variants when it is imported (importing
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 from typing import Any, Callable, Optional
 
 import haiku as hk
+
+from nfnets import errors
 
 Forward = Callable[..., Any]
 
@@ -92,11 +95,25 @@ def list_models() -> list[str]:
   return sorted(_REGISTRY)
 
 
+class UnknownModelError(errors.UserError, ValueError):
+  """A model name that is not registered."""
+
+
+class UnknownOverrideError(errors.UserError, TypeError):
+  """A constructor override the model does not take."""
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+  close = difflib.get_close_matches(name, known, n=1)
+  return f'did you mean {close[0]!r}? ' if close else ''
+
+
 def get_entry(name: str) -> ModelEntry:
-  """The registry entry of `name`, or a ValueError listing the known names."""
+  """The registry entry of `name`, or an error listing the known names."""
   if name not in _REGISTRY:
-    raise ValueError(f'Unknown model {name!r}. Known models: '
-                     f'{", ".join(list_models())}.')
+    raise UnknownModelError(
+        f'Unknown model {name!r}; {_did_you_mean(name, list_models())}'
+        f'Known models: {", ".join(list_models())}.')
   return _REGISTRY[name]
 
 
@@ -132,16 +149,19 @@ def create(name: str, num_classes: int = 1000,
       depth=(1, 2, 1, 1), activation='silu', drop_rate=0.0.
 
   Raises:
-    ValueError: unknown model name (the message lists the known ones).
-    TypeError: an override the model does not take (the message lists those
-      it does).
+    UnknownModelError: unknown model name (a ValueError; the message lists
+      the known ones).
+    UnknownOverrideError: an override the model does not take (a TypeError;
+      the message lists those it does).
   """
   entry = get_entry(name)
   allowed = accepted_overrides(name)
   unknown = sorted(set(overrides) - set(allowed))
   if unknown:
-    raise TypeError(f'Model {name!r} does not take {unknown}; it takes: '
-                    f'{", ".join(allowed)}.')
+    raise UnknownOverrideError(
+        f'Model {name!r} does not take {unknown}; '
+        f'{_did_you_mean(unknown[0], allowed)}it takes: '
+        f'{", ".join(allowed)}.')
   kwargs = {**entry.kwargs, **overrides}
 
   def forward(images, is_training: bool = True,

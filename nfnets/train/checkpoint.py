@@ -33,6 +33,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from nfnets import errors
 from nfnets.train import state as state_lib
 
 PathLike = Union[str, os.PathLike]
@@ -42,8 +43,16 @@ CHECKPOINT_DIR = 'checkpoints'
 _ITEMS = ('state', 'config')
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(errors.UserError, RuntimeError):
   """A checkpoint that is missing or cannot be read."""
+
+
+class SaveError(errors.UserError, RuntimeError):
+  """A checkpoint that could not be written (full disk, read-only, ...)."""
+
+
+class IncompatibleCheckpointError(CheckpointError):
+  """A work directory's checkpoints hold another model than the config's."""
 
 
 # Config files -----------------------------------------------------------------
@@ -95,7 +104,50 @@ def checkpoint_manager(workdir: PathLike, *, max_to_keep: Optional[int] = 3,
     raise CheckpointError(f'No checkpoint directory {directory}.')
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=not read_only, read_only=read_only)
-  return ocp.CheckpointManager(directory, options=options, item_names=_ITEMS)
+  # Named handlers let `item_metadata` read shapes without a restore.
+  return ocp.CheckpointManager(
+      directory, options=options, item_handlers={
+          'state': ocp.StandardCheckpointHandler(),
+          'config': ocp.JsonCheckpointHandler()})
+
+
+def _save_error(directory: Any, error: BaseException) -> SaveError:
+  reason = getattr(error, 'strerror', None) or str(error)
+  where = getattr(error, 'filename', None) or directory
+  return SaveError(
+      f'Cannot save a checkpoint in {directory}: {reason} ({where}). The '
+      'checkpoints saved before are intact; fix the disk or permissions and '
+      'run the same command again to resume from the newest one.')
+
+
+def _check_writable(directory: pathlib.Path) -> None:
+  """Writes and removes a probe file, so an unwritable directory fails here.
+
+  orbax reports a step directory it could not create only after its other
+  threads have waited minutes for it.
+  """
+  probe = directory / f'.write_probe_{os.getpid()}'
+  try:
+    probe.write_bytes(b'')
+    probe.unlink()
+  except OSError as e:
+    raise _save_error(directory, e) from e
+
+
+def check_saves(manager: ocp.CheckpointManager) -> None:
+  """Raises `SaveError` if an asynchronous save has failed."""
+  try:
+    manager.check_for_errors()
+  except Exception as e:  # orbax re-raises the writer's error as is.
+    raise _save_error(manager.directory, e) from e
+
+
+def wait_for_saves(manager: ocp.CheckpointManager) -> None:
+  """Waits for the pending saves; a failed one is a `SaveError`."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:  # orbax re-raises the writer's error as is.
+    raise _save_error(manager.directory, e) from e
 
 
 def save(manager: ocp.CheckpointManager, state: state_lib.TrainState,
@@ -106,9 +158,15 @@ def save(manager: ocp.CheckpointManager, state: state_lib.TrainState,
   the process exits.
   """
   step = int(jax.device_get(state.step))
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      config=ocp.args.JsonSave(config_to_dict(config))), force=True)
+  directory = pathlib.Path(str(manager.directory))
+  if jax.process_index() == 0:
+    _check_writable(directory)
+  try:
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        config=ocp.args.JsonSave(config_to_dict(config))), force=True)
+  except OSError as e:
+    raise _save_error(directory, e) from e
 
 
 def _step_dir(manager: ocp.CheckpointManager, step: int) -> pathlib.Path:
@@ -159,6 +217,69 @@ def restore_config(manager: ocp.CheckpointManager,
   restored = _restore_item(manager, step, 'the config of checkpoint',
                            config=ocp.args.JsonRestore())
   return ml_collections.ConfigDict(restored.config)
+
+
+def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  return {'/'.join(str(getattr(k, 'key', k)) for k in path): tuple(x.shape)
+          for path, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def check_compatible(manager: ocp.CheckpointManager, step: int,
+                     config: ml_collections.ConfigDict,
+                     abstract_state: state_lib.TrainState) -> None:
+  """Raises `IncompatibleCheckpointError` if `step` holds another model.
+
+  Compares the model name saved with the checkpoint, then the parameter
+  shapes in its metadata, with those of `config`; the message names both
+  models or the first parameter that differs.
+  """
+  saved = restore_config(manager, step)
+  fresh = ('Pass a fresh --workdir to train this config, or the config the '
+           'checkpoints were trained with to resume them.')
+  where = _step_dir(manager, step)
+  if saved.model.name != config.model.name:
+    raise IncompatibleCheckpointError(
+        f'{where} holds {saved.model.name!r}, but the config trains '
+        f'{config.model.name!r}. {fresh}')
+  try:
+    metadata = manager.item_metadata(step)['state']
+    stored = _flat_shapes(metadata['params'])
+  except Exception:  # pylint: disable=broad-except
+    return  # No readable metadata: the restore itself will tell.
+  wanted = _flat_shapes(abstract_state.params)
+  for name in sorted(wanted.keys() | stored.keys()):
+    if wanted.get(name) != stored.get(name):
+      raise IncompatibleCheckpointError(
+          f'{where} does not fit {config.model.name!r} with these '
+          f'model.kwargs: {name} is {stored.get(name, "absent")} there and '
+          f'{wanted.get(name, "absent")} here. {fresh}')
+
+
+def restore_newest(manager: ocp.CheckpointManager,
+                   abstract_state: state_lib.TrainState
+                   ) -> tuple[Optional[state_lib.TrainState], list[str]]:
+  """The newest checkpoint that restores, and why newer ones were skipped.
+
+  A checkpoint that cannot be read (truncated, garbled) is skipped and left
+  where it is; the user decides what to delete.
+
+  Returns:
+    (state or None when there are no checkpoints, one message per skipped
+    checkpoint).
+
+  Raises:
+    CheckpointError: there are checkpoints and none of them restores.
+  """
+  skipped = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      return restore(manager, step, abstract_state), skipped
+    except CheckpointError as e:
+      skipped.append(f'skipped {_step_dir(manager, step)}: {e}')
+  if skipped:
+    raise CheckpointError('No checkpoint in '
+                          f'{manager.directory} restores: ' + ' '.join(skipped))
+  return None, skipped
 
 
 def restore_latest(

@@ -14,15 +14,18 @@ import functools
 import os
 import pathlib
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
+import numpy as np
 
 from nfnets import data
 from nfnets.train import checkpoint
 from nfnets.train import config as config_lib
+from nfnets.train import lock as lock_lib
 from nfnets.train import metrics as metrics_lib
 from nfnets.train import preemption
 from nfnets.train import state as state_lib
@@ -99,33 +102,101 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """
   config_lib.validate_config(config)
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  tc = config.training
   mesh = state_lib.make_mesh()
+  total_steps, _ = config_lib.durations(config)
+  model = state_lib.build_model(config)
+  try:
+    abstract_state = state_lib.abstract_train_state(config, mesh)
+  except (ValueError, TypeError) as e:
+    raise config_lib.ConfigError(
+        f'Model {config.model.name!r} cannot be built with model.kwargs '
+        f'{config.model.kwargs.to_dict()}: {e}') from e
+  optimizer, schedule = state_lib.build_optimizer(config)
+  data.check_available(config.data)
+
+  # Nothing is written before the lock is held and the work directory's
+  # checkpoints are known to fit this config.
+  lock = _lock(workdir)
+  try:
+    init = functools.partial(state_lib.init_train_state, config, model,
+                             optimizer)
+    state = _initial_state(config, workdir, abstract_state, init)
+  except BaseException:
+    if lock is not None:
+      lock.release(undo=True)
+    raise
+  try:
+    return _run(config, workdir, state, model, optimizer, schedule, mesh,
+                total_steps)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _lock(workdir: pathlib.Path) -> Optional[lock_lib.WorkdirLock]:
+  """Process 0 locks the work directory; every process learns the outcome."""
+  lock, busy = None, ''
+  if jax.process_index() == 0:
+    lock = lock_lib.WorkdirLock(workdir)
+    try:
+      lock.acquire()
+    except lock_lib.WorkdirBusyError as e:
+      busy = str(e)
+  if jax.process_count() > 1:
+    failed = multihost_utils.broadcast_one_to_all(np.asarray(bool(busy)))
+    if bool(failed) and not busy:
+      busy = (f'{workdir} is in use by another run (process 0 could not '
+              'lock it).')
+  if busy:
+    raise lock_lib.WorkdirBusyError(busy)
+  return lock
+
+
+def _initial_state(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+                   abstract_state: state_lib.TrainState,
+                   init: Callable[[jax.Array], state_lib.TrainState]
+                   ) -> state_lib.TrainState:
+  """The newest restorable checkpoint that fits `config`, else a fresh state.
+
+  Reads the work directory only; raises before anything is written when its
+  checkpoints hold another model or none of them restores.
+  """
+  if (workdir / checkpoint.CHECKPOINT_DIR).is_dir():
+    manager = checkpoint.checkpoint_manager(workdir, read_only=True)
+    try:
+      steps = manager.all_steps()
+      if steps:
+        checkpoint.check_compatible(manager, max(steps), config,
+                                    abstract_state)
+        state, skipped = checkpoint.restore_newest(manager, abstract_state)
+        for message in skipped:
+          logging.warning('Checkpoint %s', message)
+        step = int(jax.device_get(state.step))
+        logging.info('Resumed from step %d in %s.', step, workdir)
+        _warn_config_changes(checkpoint.restore_config(manager, step), config)
+        return state
+    finally:
+      manager.close()
+  init = jax.jit(init, out_shardings=abstract_state.step.sharding)
+  # The initial state is replicated, so the sharding-invariant threefry
+  # buys nothing here, and the classic one halves XLA's CPU compile time
+  # of the many initializers.
+  with jax.threefry_partitionable(False):
+    state = init(jax.random.PRNGKey(config.training.seed))
+  logging.info('Starting %s from scratch in %s.', config.model.name, workdir)
+  return state
+
+
+def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+         state: state_lib.TrainState, model: Any, optimizer: Any,
+         schedule: Any, mesh: jax.sharding.Mesh, total_steps: int) -> Metrics:
+  """The loop proper, from `state` on; see `train_and_evaluate`."""
+  tc = config.training
   replicated = state_lib.replicated(mesh)
   batch_sharded = state_lib.batch_sharded(mesh)
-  total_steps, _ = config_lib.durations(config)
-
-  model = state_lib.build_model(config)
-  abstract_state = state_lib.abstract_train_state(config, mesh)
-  optimizer, schedule = state_lib.build_optimizer(config)
   checkpoint.write_config(config, workdir)
   manager = checkpoint.checkpoint_manager(
       workdir, max_to_keep=config.checkpoint.max_to_keep)
-  latest = manager.latest_step()
-  if latest is None:
-    init = jax.jit(functools.partial(state_lib.init_train_state, config, model,
-                                     optimizer), out_shardings=replicated)
-    # The initial state is replicated, so the sharding-invariant threefry
-    # buys nothing here, and the classic one halves XLA's CPU compile time
-    # of the many initializers.
-    with jax.threefry_partitionable(False):
-      state = init(jax.random.PRNGKey(tc.seed))
-    logging.info('Starting %s from scratch in %s.', config.model.name, workdir)
-  else:
-    state = checkpoint.restore(manager, latest, abstract_state)
-    logging.info('Resumed from step %d in %s.', latest, workdir)
-    _warn_config_changes(checkpoint.restore_config(manager, latest), config)
   step = int(jax.device_get(state.step))
 
   train_step = jax.jit(
@@ -155,6 +226,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       while step < total_steps:
         state, metrics = train_step(state, next(batches))
         step += 1
+        # Cheap: a save that failed in the background stops the run now.
+        checkpoint.check_saves(manager)
         pending.add(step, metrics)
         is_last = step == total_steps
         do_log = is_last or every(tc.log_every)
@@ -194,15 +267,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           logging.warning('Stopped at step %d after SIGTERM; checkpoint saved.',
                           step)
           break
-  except FloatingPointError as e:
-    manager.wait_until_finished()
+    checkpoint.wait_for_saves(manager)
+  except metrics_lib.NonFiniteLossError as e:
+    checkpoint.wait_for_saves(manager)
     kept = manager.latest_step()
     where = (f'the newest checkpoint, {manager.directory}/{kept}, is from '
              'before it and is kept' if kept is not None else
              'no checkpoint had been saved yet')
-    raise FloatingPointError(f'{e} Training stopped; {where}.') from None
+    raise metrics_lib.NonFiniteLossError(
+        f'{e} Training stopped; {where}. Lower the learning rate or the '
+        'AGC threshold, or resume from it.') from None
   finally:
-    manager.wait_until_finished()
+    try:
+      manager.wait_until_finished()
+    except Exception:  # pylint: disable=broad-except
+      pass  # Already reported as a SaveError, or hidden behind the error.
     manager.close()
     writer.close()
 

@@ -15,6 +15,8 @@ from typing import Mapping, Union
 import jax
 import numpy as np
 
+from nfnets import errors
+
 Metrics = dict[str, float]
 METRICS_FILE = 'metrics.jsonl'
 
@@ -85,6 +87,10 @@ def read_metrics(workdir: Union[str, os.PathLike]) -> list[dict[str, float]]:
   return records
 
 
+class NonFiniteLossError(errors.UserError, FloatingPointError):
+  """The loss became NaN or infinite; the message names the step."""
+
+
 class Pending:
   """Per-step device metrics kept until the next log step, then fetched."""
 
@@ -101,7 +107,7 @@ class Pending:
     values = jax.device_get([m for _, m in items])
     for step, m in zip(steps, values):
       if not np.isfinite(m['loss']):
-        raise FloatingPointError(f'Non-finite loss ({m["loss"]}) at step '
+        raise NonFiniteLossError(f'Non-finite loss ({m["loss"]}) at step '
                                  f'{step}.')
     return {k: float(np.mean([m[k] for m in values])) for k in values[0]}
 
