@@ -1,8 +1,10 @@
 """Optax transforms of the NFNet papers; they know nothing of configs.
 
 `adaptive_grad_clip` (AGC) works on any pytree of arrays; `nfnet_optimizer`
-chains it with weight decay and Nesterov SGD; `warmup_cosine_schedule` is the
-recipe's learning rate; `agc_mask` / `weight_decay_mask` select parameters by
+chains it with weight decay and Nesterov SGD, `rmsprop_optimizer` with weight
+decay and TensorFlow's RMSProp (EfficientNet), both through `regularized`;
+`warmup_cosine_schedule` and `warmup_exponential_schedule` are the recipes'
+learning rates; `agc_mask` / `weight_decay_mask` select parameters by
 Haiku module path and name.
 """
 from nfnets.optim.agc import adaptive_grad_clip
@@ -14,4 +16,7 @@ from nfnets.optim.agc import module_and_name
 from nfnets.optim.agc import path_mask
 from nfnets.optim.agc import weight_decay_mask
 from nfnets.optim.nfnet import nfnet_optimizer
+from nfnets.optim.nfnet import regularized
+from nfnets.optim.nfnet import rmsprop_optimizer
 from nfnets.optim.schedules import warmup_cosine_schedule
+from nfnets.optim.schedules import warmup_exponential_schedule

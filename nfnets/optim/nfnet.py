@@ -1,4 +1,9 @@
-"""The optimizer NFNets are trained with: AGC, weight decay, Nesterov SGD."""
+"""The optimizers of the recipes: AGC and weight decay before an update rule.
+
+`regularized` puts AGC and weight decay in front of any optax update rule;
+`nfnet_optimizer` is it over Nesterov SGD ([NFNet]), `rmsprop_optimizer` over
+TensorFlow's RMSProp ([EfficientNet] Tan & Le 2019).
+"""
 from __future__ import annotations
 
 from typing import Union
@@ -6,6 +11,64 @@ from typing import Union
 import optax
 
 from nfnets.optim import agc
+
+
+def regularized(update: optax.GradientTransformation, *,
+                clipping: float = 0.01, agc_eps: float = 1e-3,
+                weight_decay: float = 2e-5, exclude_classifier: bool = True,
+                clip_classifier_bias: bool = False,
+                classifier_pattern: str = agc.CLASSIFIER_PATTERN,
+                caller: str = 'regularized') -> optax.GradientTransformation:
+  """AGC, then weight decay, then `update`, per parameter.
+
+    1. AGC with threshold `clipping` (skipped when 0), except the classifier
+       whose Haiku module path fully matches `classifier_pattern`.
+    2. + weight_decay * param, except gains and biases (`agc.is_gain_or_bias`);
+       added to the clipped gradient, as the reference release does.
+    3. `update`, e.g. `optax.sgd(learning_rate)`.
+
+  Args:
+    update: the update rule (it applies the learning rate).
+    clipping: AGC threshold lambda; 0 turns AGC off.
+    agc_eps: AGC's floor on parameter norms.
+    weight_decay: L2 coefficient added to the gradient; 0 turns it off.
+    exclude_classifier: leave the classifier unclipped (the paper's choice).
+    clip_classifier_bias: clip the classifier bias anyway (only its weight is
+      exempt), which is what the reference release does.
+    classifier_pattern: regex the classifier's module path fully matches.
+    caller: the function named in error messages.
+
+  Returns:
+    The transformation; `update(grads, state, params)` needs `params`.
+
+  Raises:
+    ValueError: a negative setting.
+  """
+  checks = [
+      (clipping >= 0, f'clipping must be >= 0 (0: no AGC), got {clipping}'),
+      (agc_eps >= 0, f'agc_eps must be >= 0, got {agc_eps}'),
+      (weight_decay >= 0, f'weight_decay must be >= 0, got {weight_decay}'),
+  ]
+  for ok, message in checks:
+    if not ok:
+      raise ValueError(f'{caller}: {message}.')
+  parts = []
+  if clipping > 0:
+    mask = None
+    if exclude_classifier:
+      mask = lambda params: agc.agc_mask(params, classifier_pattern,
+                                         clip_classifier_bias)
+    parts.append(agc.adaptive_grad_clip(clipping, agc_eps, mask=mask))
+  if weight_decay > 0:
+    parts.append(optax.add_decayed_weights(weight_decay,
+                                           mask=agc.weight_decay_mask))
+  parts.append(update)
+  return optax.chain(*parts)
+
+
+def _check_momentum(momentum: float, caller: str) -> None:
+  if not 0 <= momentum < 1:
+    raise ValueError(f'{caller}: momentum must be in [0, 1), got {momentum}.')
 
 
 def nfnet_optimizer(learning_rate: Union[float, optax.Schedule], *,
@@ -17,12 +80,9 @@ def nfnet_optimizer(learning_rate: Union[float, optax.Schedule], *,
                     ) -> optax.GradientTransformation:
   """AGC, then weight decay, then SGD with Nesterov momentum ([NFNet] sec. 4).
 
-  The chain, per parameter:
-    1. AGC with threshold `clipping` (skipped when 0), except the classifier
-       whose Haiku module path fully matches `classifier_pattern`.
-    2. + weight_decay * param, except gains and biases (`agc.is_gain_or_bias`);
-       added to the clipped gradient, as the reference release does.
-    3. SGD with `momentum` (Nesterov by default) at `learning_rate`.
+  `regularized` (AGC except on the classifier, then weight decay except on
+  gains and biases) over SGD with `momentum` (Nesterov by default) at
+  `learning_rate`.
 
   Clipping threshold guidance (sec. 4.1): the best lambda depends on the
   optimizer, learning rate and batch size, and larger batches need smaller
@@ -48,25 +108,58 @@ def nfnet_optimizer(learning_rate: Union[float, optax.Schedule], *,
   Raises:
     ValueError: a negative or out-of-range setting.
   """
-  checks = [
-      (clipping >= 0, f'clipping must be >= 0 (0: no AGC), got {clipping}'),
-      (agc_eps >= 0, f'agc_eps must be >= 0, got {agc_eps}'),
-      (weight_decay >= 0, f'weight_decay must be >= 0, got {weight_decay}'),
-      (0 <= momentum < 1, f'momentum must be in [0, 1), got {momentum}'),
-  ]
-  for ok, message in checks:
-    if not ok:
-      raise ValueError(f'nfnet_optimizer: {message}.')
-  parts = []
-  if clipping > 0:
-    mask = None
-    if exclude_classifier:
-      mask = lambda params: agc.agc_mask(params, classifier_pattern,
-                                         clip_classifier_bias)
-    parts.append(agc.adaptive_grad_clip(clipping, agc_eps, mask=mask))
-  if weight_decay > 0:
-    parts.append(optax.add_decayed_weights(weight_decay,
-                                           mask=agc.weight_decay_mask))
-  parts.append(optax.sgd(learning_rate, momentum=momentum or None,
-                         nesterov=nesterov))
-  return optax.chain(*parts)
+  _check_momentum(momentum, 'nfnet_optimizer')
+  return regularized(
+      optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov),
+      clipping=clipping, agc_eps=agc_eps, weight_decay=weight_decay,
+      exclude_classifier=exclude_classifier,
+      clip_classifier_bias=clip_classifier_bias,
+      classifier_pattern=classifier_pattern, caller='nfnet_optimizer')
+
+
+def rmsprop_optimizer(learning_rate: Union[float, optax.Schedule], *,
+                      decay: float = 0.9, eps: float = 1e-3,
+                      momentum: float = 0.9, clipping: float = 0.0,
+                      agc_eps: float = 1e-3, weight_decay: float = 1e-5,
+                      exclude_classifier: bool = True,
+                      clip_classifier_bias: bool = False,
+                      classifier_pattern: str = agc.CLASSIFIER_PATTERN
+                      ) -> optax.GradientTransformation:
+  """Weight decay (and optional AGC), then TensorFlow 1's RMSProp.
+
+  [EfficientNet] trains with tf.train.RMSPropOptimizer(decay=0.9,
+  momentum=0.9, epsilon=1e-3), whose update is
+    ms <- decay * ms + (1 - decay) * g^2          (ms starts at ONE)
+    mom <- momentum * mom + lr * g / sqrt(ms + eps)
+    param <- param - mom
+  i.e. `optax.rmsprop` with initial_scale=1 and eps inside the square root;
+  PyTorch's RMSprop (ms from zero, eps outside) takes far larger first steps.
+  Weight decay is the reference's L2 term: its gradient wd * param, added
+  before RMSProp (gains, biases and BatchNorm's scale/offset exempt).
+
+  Args:
+    learning_rate: a constant or an optax schedule.
+    decay: decay of the mean square.
+    eps: added to the mean square inside the square root.
+    momentum: momentum of the scaled update; 0 turns it off.
+    clipping, agc_eps, weight_decay, exclude_classifier, clip_classifier_bias,
+      classifier_pattern: see `regularized` (AGC is off by default).
+
+  Returns:
+    The transformation; `update(grads, state, params)` needs `params`.
+
+  Raises:
+    ValueError: a negative or out-of-range setting.
+  """
+  _check_momentum(momentum, 'rmsprop_optimizer')
+  if not 0 <= decay < 1 or eps < 0:
+    raise ValueError('rmsprop_optimizer: decay must be in [0, 1) and eps '
+                     f'>= 0; got decay={decay}, eps={eps}.')
+  update = optax.rmsprop(learning_rate, decay=decay, eps=eps,
+                         initial_scale=1.0, eps_in_sqrt=True,
+                         momentum=momentum or None)
+  return regularized(
+      update, clipping=clipping, agc_eps=agc_eps, weight_decay=weight_decay,
+      exclude_classifier=exclude_classifier,
+      clip_classifier_bias=clip_classifier_bias,
+      classifier_pattern=classifier_pattern, caller='rmsprop_optimizer')

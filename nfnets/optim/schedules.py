@@ -1,4 +1,5 @@
-"""Learning-rate schedules of the NFNet recipe."""
+"""Learning-rate schedules of the recipes: warmup, then cosine or exponential
+decay."""
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -37,5 +38,43 @@ def warmup_cosine_schedule(peak_value: float, warmup_steps: int,
     cosine = end_value + 0.5 * (peak_value - end_value) * (
         1.0 + jnp.cos(jnp.pi * frac))
     return jnp.where(step < warmup_steps, warmup, cosine)
+
+  return schedule
+
+
+def warmup_exponential_schedule(peak_value: float, warmup_steps: int,
+                                decay_steps: float, decay_rate: float,
+                                staircase: bool = True) -> optax.Schedule:
+  """Linear warmup from 0 to `peak_value`, then exponential decay.
+
+  lr(s) = peak * s / warmup                        for s < warmup,
+  lr(s) = peak * decay_rate ** (s / decay_steps)   otherwise,
+  with the exponent floored when `staircase`. As in the [EfficientNet] TF
+  reference (decay 0.97 every 2.4 epochs), the decay counts from step 0, not
+  from the end of the warmup.
+
+  Args:
+    peak_value: learning rate before any decay.
+    warmup_steps: length of the warmup, in optimizer steps (0: none).
+    decay_steps: steps per factor of `decay_rate` (positive).
+    decay_rate: factor per `decay_steps`, in (0, 1].
+    staircase: decay in whole steps of `decay_steps`.
+
+  Returns:
+    A schedule step -> float32 learning rate, traceable under jit.
+  """
+  if warmup_steps < 0 or decay_steps <= 0 or not 0 < decay_rate <= 1:
+    raise ValueError('Need warmup_steps >= 0, decay_steps > 0 and 0 < '
+                     f'decay_rate <= 1; got warmup_steps={warmup_steps}, '
+                     f'decay_steps={decay_steps}, decay_rate={decay_rate}.')
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    exponent = step / decay_steps
+    if staircase:
+      exponent = jnp.floor(exponent)
+    decayed = peak_value * jnp.power(decay_rate, exponent)
+    warmup = peak_value * step / max(warmup_steps, 1)
+    return jnp.where(step < warmup_steps, warmup, decayed)
 
   return schedule

@@ -19,6 +19,8 @@ from nfnets import models
 from nfnets.train import optimizer as optimizer_config
 
 COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
+# Group path -> fields a config may lack (it was saved before they existed).
+_ADDED_FIELDS = {'optimizer.': optimizer_config.ADDED_FIELDS}
 
 
 class ConfigError(ValueError):
@@ -136,11 +138,15 @@ def _check_fields(config: ml_collections.ConfigDict,
         f'Unknown config field(s) {", ".join(path + k for k in unknown)}; '
         f'fields of {path.rstrip(".") or "the config"}: '
         f'{", ".join(sorted(schema.keys()))}.')
-  missing = sorted(set(schema.keys()) - set(config.keys()))
+  # A saved config may predate fields added since; they take defaults.
+  optional = _ADDED_FIELDS.get(path, ())
+  missing = sorted(set(schema.keys()) - set(config.keys()) - set(optional))
   if missing:
     raise ConfigError(
         f'Missing config field(s) {", ".join(path + k for k in missing)}.')
   for key in schema.keys():
+    if key not in config:
+      continue
     expected = schema[key]
     if isinstance(expected, ml_collections.ConfigDict):
       if not isinstance(config[key], ml_collections.ConfigDict):

@@ -88,7 +88,7 @@ def build_model(config: ml_collections.ConfigDict,
 
 def build_optimizer(config: ml_collections.ConfigDict
                     ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The NFNet optimizer of `config.optimizer` and its learning-rate schedule.
+  """The optimizer of `config.optimizer` and its learning-rate schedule.
 
   Returns:
     (optimizer, schedule: step -> learning rate), with the run's durations
@@ -96,12 +96,14 @@ def build_optimizer(config: ml_collections.ConfigDict
   """
   total, warmup = config_lib.durations(config)
   batch_size = config.training.batch_size
+  # An exponential decay may be given in epochs.
+  steps_per_epoch = data.num_examples(config.data) / batch_size
   optimizer = optimizer_config.from_config(
       config.optimizer, batch_size=batch_size, total_steps=total,
-      warmup_steps=warmup)
+      warmup_steps=warmup, steps_per_epoch=steps_per_epoch)
   schedule = optimizer_config.learning_rate_schedule(
       config.optimizer, batch_size=batch_size, total_steps=total,
-      warmup_steps=warmup)
+      warmup_steps=warmup, steps_per_epoch=steps_per_epoch)
   return optimizer, schedule
 
 
