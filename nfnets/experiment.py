@@ -96,11 +96,17 @@ def initialize_distributed(num_processes: int, process_id: int,
 
 
 class _QuietOrbax(pylogging.Filter):
-  """Drops orbax's per-save INFO lines, which drown the progress lines."""
+  """Drops orbax's own log lines unless --verbosity is raised.
+
+  Its per-save INFO lines drown the progress lines, its read-only warnings
+  say nothing a user can act on, and a failed save is reported by the
+  runner as one `SaveError` instead of the writer threads' tracebacks.
+  """
 
   def filter(self, record: pylogging.LogRecord) -> bool:
-    return (record.levelno > pylogging.INFO or
-            f'{os.sep}orbax{os.sep}' not in record.pathname)
+    if f'{os.sep}orbax{os.sep}' not in record.pathname:
+      return True
+    return logging.get_verbosity() > logging.INFO
 
 
 def main(argv: Sequence[str], defined: dict[str, Any]) -> None:

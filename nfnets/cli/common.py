@@ -9,6 +9,7 @@ full traceback instead; any other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from typing import Any, Callable, Optional, Sequence
 
@@ -74,6 +75,12 @@ def _report(error: errors.UserError, show_traceback: bool) -> None:
   if show_traceback:
     raise error
   print(f'error: {error}', file=sys.stderr)
+  if getattr(error, 'exit_now', False):
+    # Threads of a failed library call (orbax's writers) would otherwise
+    # keep the process alive, and print their own tracebacks at shutdown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)  # pylint: disable=protected-access
   sys.exit(1)
 
 

@@ -27,6 +27,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 from typing import Any, Optional, Union
 
 import jax
@@ -48,7 +49,12 @@ class CheckpointError(errors.UserError, RuntimeError):
 
 
 class SaveError(errors.UserError, RuntimeError):
-  """A checkpoint that could not be written (full disk, read-only, ...)."""
+  """A checkpoint that could not be written (full disk, read-only, ...).
+
+  orbax's writer threads may still be waiting on the failed save; a command
+  line exits at once rather than wait for them (`exit_now`).
+  """
+  exit_now = True
 
 
 class IncompatibleCheckpointError(CheckpointError):
@@ -112,7 +118,9 @@ def checkpoint_manager(workdir: PathLike, *, max_to_keep: Optional[int] = 3,
 
 
 def _save_error(directory: Any, error: BaseException) -> SaveError:
-  reason = getattr(error, 'strerror', None) or str(error)
+  reason = getattr(error, 'strerror', None) or str(error).split(': {')[0]
+  if len(reason) > 300:
+    reason = reason[:300] + ' ...'
   where = getattr(error, 'filename', None) or directory
   return SaveError(
       f'Cannot save a checkpoint in {directory}: {reason} ({where}). The '
@@ -120,11 +128,13 @@ def _save_error(directory: Any, error: BaseException) -> SaveError:
       'run the same command again to resume from the newest one.')
 
 
-def _check_writable(directory: pathlib.Path) -> None:
-  """Writes and removes a probe file, so an unwritable directory fails here.
+def _check_writable(directory: pathlib.Path, nbytes: int) -> None:
+  """Fails here, before orbax starts, where a save of `nbytes` cannot succeed.
 
   orbax reports a step directory it could not create only after its other
-  threads have waited minutes for it.
+  threads have waited minutes for it, and a full disk as one traceback per
+  writer thread. So: a probe file must be writable, and the free space must
+  hold the state uncompressed (a conservative bound: orbax compresses).
   """
   probe = directory / f'.write_probe_{os.getpid()}'
   try:
@@ -132,6 +142,13 @@ def _check_writable(directory: pathlib.Path) -> None:
     probe.unlink()
   except OSError as e:
     raise _save_error(directory, e) from e
+  free = shutil.disk_usage(directory).free
+  if free < nbytes:
+    raise SaveError(
+        f'Cannot save a checkpoint in {directory}: it needs about '
+        f'{nbytes / 2**20:.1f} MiB and {free / 2**20:.1f} MiB are free. The '
+        'checkpoints saved before are intact; free some space and run the '
+        'same command again to resume from the newest one.')
 
 
 def check_saves(manager: ocp.CheckpointManager) -> None:
@@ -160,12 +177,14 @@ def save(manager: ocp.CheckpointManager, state: state_lib.TrainState,
   step = int(jax.device_get(state.step))
   directory = pathlib.Path(str(manager.directory))
   if jax.process_index() == 0:
-    _check_writable(directory)
+    _check_writable(directory, sum(
+        x.nbytes for x in jax.tree_util.tree_leaves(state)))
   try:
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         config=ocp.args.JsonSave(config_to_dict(config))), force=True)
-  except OSError as e:
+  except Exception as e:  # orbax re-raises a writer's error (OSError,
+    # tensorstore's ValueError, ...) from the previous save here.
     raise _save_error(directory, e) from e
 
 

@@ -1,0 +1,313 @@
+"""What the runner guarantees when things go wrong.
+
+One run per work directory (an OS lock), saves that fail stop the run with
+one message and leave older checkpoints restorable, an unreadable newest
+checkpoint is skipped, a failed start writes nothing, and every mistake a
+user can make is one `error:` line from the command lines, never a
+traceback.
+"""
+import hashlib
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from nfnets import configs
+from nfnets import errors
+from nfnets import evaluate
+from nfnets import experiment
+from nfnets import train
+from nfnets.train import checkpoint
+from nfnets.train import lock as lock_lib
+from tests.test_compat import LEGACY_RUN
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+# A small, fast run: a two-stage F0 at 1/16 width on 16 px digits.
+TINY = ('--config=experiments/digits.py', '--config.training.num_steps=2',
+        '--config.optimizer.warmup_steps=1', '--config.eval.every_steps=0',
+        '--config.data.image_size=16', '--config.data.eval_image_size=16',
+        '--config.model.kwargs.width=0.0625',
+        '--config.model.kwargs.depth=(1,1)',
+        '--config.model.kwargs.widths=(256,512)')
+
+
+def _snapshot(root: pathlib.Path) -> dict[str, str]:
+  return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(root.rglob('*')) if p.is_file()}
+
+
+def _cli(module: str, *args: str, timeout: int = 300
+         ) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def _assert_one_error(result: subprocess.CompletedProcess, needle: str,
+                      max_lines: int = 3):
+  """Exit status 1, no traceback, and the message last, at most a few lines.
+
+  (Missing ImageNet data is the one longer message: it prints the prepare
+  command.)
+  """
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+  assert '\nerror: ' in '\n' + result.stderr, result.stderr[-3000:]
+  message = result.stderr[('\n' + result.stderr).rindex('\nerror: '):]
+  assert needle in message, message
+  assert len(message.strip().splitlines()) <= max_lines, message
+
+
+def _legacy_copy(tmp_path: pathlib.Path) -> pathlib.Path:
+  return shutil.copytree(LEGACY_RUN, tmp_path / 'run')
+
+
+def _legacy_config():
+  config = configs.digits_config()
+  config.model.kwargs.width = 0.03125
+  config.data.image_size = config.data.eval_image_size = 16
+  config.optimizer.warmup_steps = 1
+  return config
+
+
+# ------------------------------------------------------------------ the lock
+
+
+def test_a_second_runner_on_a_locked_workdir_exits_at_once(tmp_path):
+  workdir = tmp_path / 'run'
+  holder = subprocess.Popen(
+      [sys.executable, '-c', 'import sys, time\n'
+       'from nfnets.train import lock\n'
+       f'lock.WorkdirLock({str(workdir)!r}).acquire()\n'
+       'print("locked", flush=True)\ntime.sleep(120)\n'],
+      cwd=REPO, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == 'locked'
+    start = time.monotonic()
+    result = _cli('nfnets.experiment', f'--workdir={workdir}', *TINY)
+    _assert_one_error(result, f'pid {holder.pid}')
+    assert 'in use by another run' in result.stderr
+    assert time.monotonic() - start < 120
+    assert not (workdir / 'config.json').exists()
+  finally:
+    holder.kill()  # SIGKILL: the kernel releases the lock.
+    holder.wait()
+  with lock_lib.WorkdirLock(workdir) as lock:
+    assert lock.path.exists()
+
+
+def test_lock_refuses_a_file_and_undoes_what_it_created(tmp_path):
+  a_file = tmp_path / 'file'
+  a_file.write_text('')
+  with pytest.raises(errors.UserError, match='is a file'):
+    lock_lib.WorkdirLock(a_file).acquire()
+  lock = lock_lib.WorkdirLock(tmp_path / 'new' / 'run')
+  lock.acquire()
+  lock.release(undo=True)
+  assert not (tmp_path / 'new' / 'run').exists()
+
+
+# ----------------------------------------------- starts that change nothing
+
+
+@pytest.mark.parametrize('change, needle', [
+    (('model.name', 'nf_resnet50'), "holds 'nfnet_f0'"),
+    (('model.kwargs.width', 0.0625), 'NFNet/~/'),
+])
+def test_a_checkpoint_of_another_model_is_refused_untouched(
+    tmp_path, change, needle):
+  workdir = _legacy_copy(tmp_path)
+  before = _snapshot(workdir)
+  config = _legacy_config()
+  path, value = change
+  group, _, field = path.rpartition('.')
+  config_group = config
+  for part in group.split('.'):
+    config_group = config_group[part]
+  config_group[field] = value
+  with pytest.raises(checkpoint.IncompatibleCheckpointError,
+                     match='fresh --workdir') as error:
+    train.train_and_evaluate(config, workdir)
+  assert needle in str(error.value)
+  assert _snapshot(workdir) == before
+
+
+# ----------------------------------------------------- unreadable checkpoints
+
+
+@pytest.mark.slow
+def test_an_unreadable_newest_checkpoint_is_skipped_and_kept(tmp_path,
+                                                             caplog):
+  workdir = _legacy_copy(tmp_path)
+  steps = workdir / 'checkpoints'
+  shutil.copytree(steps / '2', steps / '3')
+  for f in (steps / '3' / 'state').rglob('*'):
+    if f.is_file() and f.parent.name == 'd':
+      f.write_bytes(b'garbage')
+  config = _legacy_config()
+  config.training.num_steps = 4
+  config.checkpoint.every_steps = 4
+  config.checkpoint.max_to_keep = 5
+  metrics = train.train_and_evaluate(config, workdir)
+  assert metrics['step'] == 4
+  assert any('skipped' in r.getMessage() and str(steps / '3') in
+             r.getMessage() for r in caplog.records)
+  assert (steps / '3').is_dir()  # Left for the user to look at.
+  assert checkpoint.checkpoint_manager(workdir).all_steps() == [2, 3, 4]
+
+
+# ------------------------------------------------------------- failed saves
+
+
+def _mount(*args: str) -> None:
+  try:
+    subprocess.run(['mount', *args], check=True, capture_output=True)
+  except (OSError, subprocess.CalledProcessError) as e:
+    pytest.skip(f'cannot mount here ({e})')
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_run_with_one_message(tmp_path):
+  workdir = tmp_path / 'run'
+  (workdir / 'checkpoints').mkdir(parents=True)
+  _mount('-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', str(workdir / 'checkpoints'))
+  try:
+    start = time.monotonic()
+    result = _cli('nfnets.experiment', f'--workdir={workdir}', *TINY)
+    _assert_one_error(result, 'MiB are free')
+    assert str(workdir / 'checkpoints') in result.stderr
+    assert time.monotonic() - start < 200
+  finally:
+    subprocess.run(['umount', str(workdir / 'checkpoints')], check=False)
+
+
+@pytest.mark.slow
+def test_a_read_only_checkpoint_directory_keeps_older_ones(tmp_path):
+  workdir = tmp_path / 'run'
+  assert _cli('nfnets.experiment', f'--workdir={workdir}',
+              *TINY).returncode == 0
+  steps = workdir / 'checkpoints'
+  _mount('--bind', str(steps), str(steps))
+  try:
+    _mount('-o', 'remount,bind,ro', str(steps))
+    start = time.monotonic()
+    result = _cli('nfnets.experiment', f'--workdir={workdir}', *TINY,
+                  '--config.training.num_steps=3')
+    _assert_one_error(result, 'Read-only file system')
+    assert time.monotonic() - start < 200
+  finally:
+    subprocess.run(['umount', str(steps)], check=False)
+  assert checkpoint.checkpoint_manager(workdir).all_steps() == [2]
+  again = _cli('nfnets.experiment', f'--workdir={workdir}', *TINY,
+               '--config.training.num_steps=3')
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert 'Resumed from step 2' in again.stderr
+
+
+# ----------------------------------------------- user errors, as one line
+
+
+_SYNTAX = 'def get_config(:\n'
+_NO_GET_CONFIG = 'X = 1\n'
+_RAISES = 'def get_config():\n  raise RuntimeError("boom in get_config")\n'
+
+
+@pytest.mark.parametrize('args, needle', [
+    (('--config.training.batch_sise=8',), 'Did you mean "batch_size"'),
+    (('--config=/nonexistent/config.py',), 'No such file'),
+    (('CONFIG_FILE', _SYNTAX), 'invalid syntax'),
+    (('CONFIG_FILE', _NO_GET_CONFIG), 'get_config'),
+    (('CONFIG_FILE', _RAISES), 'boom in get_config'),
+    (('--config.model.kwargs.widht=0.5',), "did you mean 'width'"),
+    (('--config.model.kwargs.width=0',), 'cannot be built'),
+    (('--config.optimizer.classifier_pattern=(',), 'regular expression'),
+    (('WORKDIR_IS_A_FILE',), 'is a file'),
+    (('--config=experiments/nfnet_f0.py', 'EMPTY_DATA_DIR'),
+     'download_and_prepare'),
+    (('LEGACY_WORKDIR', '--config.model.name=nf_resnet50'),
+     "holds 'nfnet_f0'"),
+], ids=lambda x: x if isinstance(x, str) else None)
+def test_runner_user_errors_are_one_line(tmp_path, args, needle):
+  workdir = tmp_path / 'run'
+  flags = []
+  args = list(args)
+  if args[0] == 'CONFIG_FILE':
+    path = tmp_path / 'my_config.py'
+    path.write_text(args[1])
+    args = [f'--config={path}']
+  elif args[0] == 'WORKDIR_IS_A_FILE':
+    workdir.write_text('')
+    args = []
+  elif args[0] == 'LEGACY_WORKDIR':
+    workdir = _legacy_copy(tmp_path)
+    args = args[1:]
+  if 'EMPTY_DATA_DIR' in args:
+    args[args.index('EMPTY_DATA_DIR')] = f'--config.data.data_dir={tmp_path}'
+  elif not any(a.startswith('--config=') for a in args):
+    flags = list(TINY)
+  result = _cli('nfnets.experiment', f'--workdir={workdir}', *flags, *args)
+  _assert_one_error(result, needle,
+                    max_lines=12 if needle == 'download_and_prepare' else 3)
+
+
+def test_traceback_flag_shows_the_traceback(tmp_path):
+  result = _cli('nfnets.experiment', f'--workdir={tmp_path / "run"}',
+                '--config.training.batch_sise=8', '--traceback')
+  assert result.returncode != 0 and 'Traceback' in result.stderr
+
+
+@pytest.mark.parametrize('args, needle', [
+    (('--batch_size=-1',), 'batch_size must be positive'),
+    (('--split=bogus',), "Unknown split 'bogus'"),
+    (('--step=7',), 'saved steps'),
+])
+def test_evaluate_user_errors_are_one_line(args, needle):
+  result = _cli('nfnets.evaluate', f'--workdir={LEGACY_RUN}', '--no_progress',
+                *args)
+  _assert_one_error(result, needle)
+
+
+def test_model_kwargs_parse_as_literals():
+  argv = ['prog', '--config.model.kwargs.width=0.5', '--workdir=x',
+          '--config.model.kwargs.activation=silu',
+          '--config.model.kwargs.depth=(1, 2)']
+  assert experiment.take_model_kwargs(argv) == {
+      'width': 0.5, 'activation': 'silu', 'depth': (1, 2)}
+  assert argv == ['prog', '--workdir=x']
+
+
+# ------------------------------------------------------- inputs of predict
+
+
+@pytest.fixture(scope='module')
+def legacy_ckpt():
+  return evaluate.load_checkpoint(LEGACY_RUN)
+
+
+@pytest.mark.parametrize('images, needle', [
+    (np.zeros((8, 8, 3), np.uint8), 'unbatched'),
+    (np.full((2, 8, 8), 200.0, np.float32), 'must be in [0, 1]'),
+    (np.full((2, 8, 8), np.nan, np.float32), 'NaN'),
+    (np.zeros((2, 8, 8, 2), np.uint8), 'must be a batch'),
+    (np.zeros((2, 8, 8), np.int64), 'uint8'),
+])
+def test_predict_refuses_images_it_would_misread(legacy_ckpt, images, needle):
+  with pytest.raises(errors.InputError) as error:
+    legacy_ckpt.predict(images)
+  assert needle in str(error.value)
+
+
+def test_predict_and_logits_check_batch_size_and_shape(legacy_ckpt):
+  images = np.zeros((2, 8, 8), np.uint8)
+  np.testing.assert_allclose(legacy_ckpt.predict(images[:1]).sum(), 1.0,
+                             rtol=1e-5)
+  with pytest.raises(errors.InputError, match='batch_size'):
+    legacy_ckpt.predict(images, batch_size=0)
+  with pytest.raises(errors.InputError, match=r'\[N, S, S, 3\]'):
+    legacy_ckpt.logits(np.zeros((16, 16, 3), np.float32))
+  with pytest.raises(errors.InputError, match='batch_size'):
+    evaluate.evaluate(legacy_ckpt, batch_size=0, progress=False)
