@@ -28,11 +28,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nfnets import errors
 from nfnets import layers
 from nfnets import models
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            'results')
+
+
+def report_user_errors(fn: Callable[[], Any]) -> None:
+  """Runs a benchmark's entry point the way the package's command lines do.
+
+  A `nfnets.errors.UserError` (an unknown model, a bad override) prints one
+  `error:` line to stderr and exits with status 1; `--traceback` anywhere on
+  the command line shows the traceback instead. Other errors keep theirs.
+  """
+  try:
+    fn()
+  except errors.UserError as e:
+    if '--traceback' in sys.argv:
+      raise
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
 
 
 def set_host_device_count(argv: Sequence[str]) -> None:

@@ -43,6 +43,7 @@ if __package__ in (None, ''):
 
 # pylint: disable=g-import-not-at-top
 from nfnets import data
+from benchmarks import _common
 from benchmarks import _host as host
 from nfnets import models
 from nfnets.train import config as train_config
@@ -262,4 +263,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == '__main__':
   host.reexec_with_huge_pages()
-  main(sys.argv[1:])
+  _common.report_user_errors(lambda: main(sys.argv[1:]))

@@ -179,4 +179,4 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == '__main__':
-  run(parse_args())
+  _common.report_user_errors(lambda: run(parse_args()))

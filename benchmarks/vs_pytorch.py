@@ -206,4 +206,4 @@ if __name__ == '__main__':
   if _args.worker:
     _worker(_args)
   else:
-    run(_args)
+    _common.report_user_errors(lambda: run(_args))

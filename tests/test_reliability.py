@@ -311,3 +311,30 @@ def test_predict_and_logits_check_batch_size_and_shape(legacy_ckpt):
     legacy_ckpt.logits(np.zeros((16, 16, 3), np.float32))
   with pytest.raises(errors.InputError, match='batch_size'):
     evaluate.evaluate(legacy_ckpt, batch_size=0, progress=False)
+
+
+@pytest.mark.parametrize('module, args', [
+    ('nfnets.spp', ('--models=nfnet_f9', '--depth=50')),
+    ('benchmarks.train_step', ('--model', 'nfnet_f9', '--no-save')),
+])
+def test_spp_and_benchmarks_report_user_errors_alike(module, args):
+  _assert_one_error(_cli(module, *args), "did you mean 'nfnet_f")
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_lock(tmp_path):
+  # Process 0 of a multi-process run locks the work directory for all of
+  # them; the other process must neither take it nor be refused by it.
+  workdir = tmp_path / 'run'
+  port = 20000 + os.getpid() % 20000
+  procs = [subprocess.Popen(
+      [sys.executable, '-m', 'nfnets.experiment', f'--workdir={workdir}',
+       *TINY, '--num_processes=2', f'--process_id={i}',
+       f'--coordinator_address=127.0.0.1:{port}'],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  assert f'"pid": {procs[0].pid}' in (workdir / 'runner.lock').read_text()
+  assert checkpoint.checkpoint_manager(workdir).all_steps() == [2]
