@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import json
-import logging as pylogging
 import os
 import pathlib
 import sys
@@ -95,27 +94,12 @@ def initialize_distributed(num_processes: int, process_id: int,
                              process_id=process_id)
 
 
-class _QuietOrbax(pylogging.Filter):
-  """Drops orbax's own log lines unless --verbosity is raised.
-
-  Its per-save INFO lines drown the progress lines, its read-only warnings
-  say nothing a user can act on, and a failed save is reported by the
-  runner as one `SaveError` instead of the writer threads' tracebacks.
-  """
-
-  def filter(self, record: pylogging.LogRecord) -> bool:
-    if f'{os.sep}orbax{os.sep}' not in record.pathname:
-      return True
-    return logging.get_verbosity() > logging.INFO
-
-
 def main(argv: Sequence[str], defined: dict[str, Any]) -> None:
   """Trains `--config` in `--workdir` (see the module docstring)."""
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not defined['workdir'].value:
     raise app.UsageError('--workdir is required.')
-  logging.get_absl_handler().addFilter(_QuietOrbax())
   initialize_distributed(defined['num_processes'].value,
                          defined['process_id'].value,
                          defined['coordinator_address'].value)

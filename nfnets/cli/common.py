@@ -9,12 +9,14 @@ full traceback instead; any other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import functools
+import logging as pylogging
 import os
 import sys
 from typing import Any, Callable, Optional, Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 import ml_collections
 
 from nfnets import errors
@@ -89,8 +91,27 @@ class _Started:
   value = False
 
 
+class QuietLibraries(pylogging.Filter):
+  """Drops library chatter a user cannot act on, unless --verbosity is raised.
+
+  orbax's per-save INFO lines drown the progress lines and its read-only
+  warnings say nothing useful (a failed save is reported as one `SaveError`
+  instead of its writer threads' tracebacks); JAX's probe for a TPU logs an
+  INFO line on every machine without one.
+  """
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    if logging.get_verbosity() > logging.INFO:
+      return True
+    if f'{os.sep}orbax{os.sep}' in record.pathname:
+      return False
+    return not (record.levelno <= pylogging.INFO and
+                record.getMessage().startswith('Unable to initialize backend'))
+
+
 def _guarded(main: Main, argv: Sequence[str]) -> Any:
   _Started.value = True
+  logging.get_absl_handler().addFilter(QuietLibraries())
   try:
     main(argv)  # What it returns is for callers in Python, not an exit code.
   except errors.UserError as e:
