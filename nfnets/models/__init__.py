@@ -12,6 +12,8 @@ from nfnets.models import nfnet
 from nfnets.models import nf_resnet
 from nfnets.models import nf_regnet
 from nfnets.models import baselines
+from nfnets.models import efficientnet
+from nfnets.models import mnasnet
 from nfnets.models.common import Activations
 from nfnets.models.cost import abstract_init
 from nfnets.models.cost import count_macs

@@ -1,0 +1,4 @@
+"""EfficientNet-B1 on ImageNet with the paper's recipe (see nfnets/configs/efficientnet.py)."""
+from nfnets.configs import efficientnet
+
+get_config = efficientnet.variant('b1')

@@ -1,0 +1,4 @@
+"""MnasNet-A1 on ImageNet with the paper's recipe (see nfnets/configs/mnasnet.py)."""
+from nfnets.configs import mnasnet
+
+get_config = mnasnet.variant('a1')
