@@ -8,6 +8,7 @@ durations, and a batch that does not divide over the devices.
 """
 from __future__ import annotations
 
+import difflib
 from typing import Any, Optional
 
 import jax
@@ -15,6 +16,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from nfnets import data
+from nfnets import errors
 from nfnets import models
 from nfnets.train import optimizer as optimizer_config
 
@@ -23,7 +25,7 @@ COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
 _ADDED_FIELDS = {'optimizer.': optimizer_config.ADDED_FIELDS}
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError, ValueError):
   """A config the runner cannot run; raised before any compute."""
 
 
@@ -187,8 +189,11 @@ def validate_config(config: ml_collections.ConfigDict,
     raise ConfigError(str(e)) from e
   unknown = sorted(set(config.model.kwargs.keys()) - set(allowed))
   if unknown:
+    close = difflib.get_close_matches(unknown[0], allowed, n=1)
+    hint = f'did you mean {close[0]!r}? ' if close else ''
     raise ConfigError(f'Model {config.model.name!r} does not take '
-                      f'model.kwargs {unknown}; it takes: {", ".join(allowed)}.')
+                      f'model.kwargs {unknown}; {hint}it takes: '
+                      f'{", ".join(allowed)}.')
   tc = config.training
   if tc.compute_dtype not in COMPUTE_DTYPES:
     raise ConfigError(f'training.compute_dtype must be one of '

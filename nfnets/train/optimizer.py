@@ -115,7 +115,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for ok, message in checks:
     if not ok:
       raise ValueError(f'Optimizer config: {message}.')
-  re.compile(config.classifier_pattern)
+  try:
+    re.compile(config.classifier_pattern)
+  except re.error as e:
+    raise ValueError(f'Optimizer config: classifier_pattern '
+                     f'{config.classifier_pattern!r} is not a regular '
+                     f'expression ({e}).') from e
 
 
 def peak_learning_rate(config: ml_collections.ConfigDict,
