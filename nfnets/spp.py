@@ -261,8 +261,10 @@ def run(models: Sequence[str], depth: int, out: str, *, width: float = 0.25,
                                         **kw, **overrides)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   write_csv(os.path.splitext(out)[0] + '.csv', results)
-  plot(results, out, title=(f'Depth {depth}, width x{width}, {batch_size} '
-                            f'Gaussian inputs of {image_size}x{image_size} px'))
+  # `depth` applies only to the short names; registered names fix their own.
+  shown = f'Depth {depth}, ' if set(models) & set(SHORT_NAMES) else ''
+  plot(results, out, title=(f'{shown}width x{width}, {batch_size} Gaussian '
+                            f'inputs of {image_size}x{image_size} px'))
   return results
 
 
