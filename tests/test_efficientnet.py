@@ -12,6 +12,7 @@ import pytest
 
 import nfnets.models as models
 from nfnets import data
+from nfnets import layers
 from nfnets import spp
 from nfnets import train
 from nfnets.configs import efficientnet as efficientnet_config
@@ -168,6 +169,25 @@ def test_nf_variant_has_no_normalization_and_one_skip_gain_per_residual():
   # WS gains and biases replace BN scales and offsets one for one.
   assert models.count_params('nf_efficientnet_b0') == PUBLISHED_PARAMS[0] + 9
   assert models.get_spec('nf_efficientnet_b0').classifier in params
+
+
+def test_nf_variant_folds_weight_standardization_for_inference():
+  # Every WS conv comes from the `conv` factory, so evaluation can fold WS
+  # into the kernels once (`layers.standardize_conv_params`).
+  kw = dict(num_classes=10, depth=(1, 2), widths=(16, 24), width=0.25)
+  fwd = models.transform('nf_efficientnet_b0', **kw)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+  params, state = fwd.init(jax.random.PRNGKey(1), x)
+  params = spp.set_skip_gains(params, 0.5)  # Let the branches count.
+  params = jax.tree.map(lambda p: p + 0.1, params)  # A non-zero classifier.
+  folded = layers.standardize_conv_params(params)
+  fast = models.transform('nf_efficientnet_b0',
+                          conv=layers.PrestandardizedConv2D, **kw)
+  assert jax.tree.map(jnp.shape, folded) == jax.tree.map(
+      jnp.shape, models.abstract_init(fast, 32)[0])
+  want, _ = fwd.apply(params, state, None, x, is_training=False)
+  got, _ = fast.apply(folded, state, None, x, is_training=False)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_signal_propagation_bn_grows_by_one_nf_by_alpha_squared():

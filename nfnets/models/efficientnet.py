@@ -8,7 +8,6 @@ without normalization (Scaled WS, alpha/beta, SkipInit; see `mbconv`).
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Optional, Sequence, Union
 
 import haiku as hk
@@ -117,11 +116,7 @@ class EfficientNet(mbconv.MobileNet):
 for _variant, _spec in EFFICIENTNET_VARIANTS.items():
   registry.register(f'efficientnet_{_variant}', EfficientNet, _spec,
                     variant=_variant)
-# No published counts: Scaled WS gains and biases replace BatchNorm's scales
-# and offsets one for one, and each residual block adds one skip gain.
 registry.register(
     'nf_efficientnet_b0', EfficientNet,
-    dataclasses.replace(EFFICIENTNET_VARIANTS['b0'], family='nf_efficientnet',
-                        classifier='NF_EfficientNet/~/linear', params_m=None,
-                        gmacs=None),
+    mbconv.normalizer_free_spec(EFFICIENTNET_VARIANTS['b0'], 'NF_EfficientNet'),
     variant='b0', norm=None)

@@ -104,6 +104,17 @@ class MobileSpec(registry.ModelSpec):
   depth_multiplier: float = 1.0
 
 
+def normalizer_free_spec(spec: MobileSpec, module_name: str) -> MobileSpec:
+  """The spec of `spec`'s network built with norm=None, named `module_name`.
+
+  It has no published counts: Scaled WS gains and biases replace BatchNorm's
+  scales and offsets one for one, and each residual block adds a skip gain.
+  """
+  return dataclasses.replace(
+      spec, family=f'nf_{spec.family}', classifier=f'{module_name}/~/linear',
+      params_m=None, gmacs=None)
+
+
 def tf_conv(output_channels: int, kernel_shape: int, stride: int = 1,
             feature_group_count: int = 1,
             name: Optional[str] = None) -> layers.Conv2D:

@@ -10,7 +10,6 @@ WS, alpha/beta, SkipInit; see `mbconv`).
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Optional, Sequence, Union
 
 import haiku as hk
@@ -101,11 +100,7 @@ class MnasNet(mbconv.MobileNet):
 
 for _variant, _spec in MNASNET_VARIANTS.items():
   registry.register(f'mnasnet_{_variant}', MnasNet, _spec, variant=_variant)
-# No published counts: Scaled WS gains and biases replace BatchNorm's scales
-# and offsets one for one, and each residual block adds one skip gain.
 registry.register(
     'nf_mnasnet_b1', MnasNet,
-    dataclasses.replace(MNASNET_VARIANTS['b1'], family='nf_mnasnet',
-                        classifier='NF_MnasNet/~/linear', params_m=None,
-                        gmacs=None),
+    mbconv.normalizer_free_spec(MNASNET_VARIANTS['b1'], 'NF_MnasNet'),
     variant='b1', norm=None)
