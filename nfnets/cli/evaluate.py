@@ -1,7 +1,7 @@
 r"""Evaluate a checkpoint of a training run from the command line.
 
   python -m nfnets.evaluate --workdir=runs/digits
-  python -m nfnets.evaluate --checkpoint=runs/digits/checkpoints/600 --raw
+  python -m nfnets.evaluate --checkpoint=runs/digits/checkpoints/450 --raw
 
 Prints top-1/top-5 and the number of images; for data sets with few classes,
 such as the embedded digits, also writes a confusion-matrix PNG outside the
