@@ -42,17 +42,10 @@ ConfigFn = Callable[[Optional[str]], ml_collections.ConfigDict]
 
 def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   """The recipe of the variant named first in `arg` ('f0' by default)."""
-  words = [w.strip() for w in (arg or '').split(',') if w.strip()]
-  variant = 'f0'
-  if words and words[0] != 'runlocal':
-    variant = words.pop(0)
-  name = f'nfnet_{variant.lower()}'
-  if name not in models.list_models():
-    known = sorted(m[len('nfnet_'):] for m in models.list_models()
-                   if m.startswith('nfnet_'))
-    raise ValueError(f'Unknown NFNet variant {variant!r}; known: '
-                     f'{", ".join(known)}.')
-  return common.nfnet_config(name, ','.join(words))
+  known = [m[len('nfnet_'):] for m in models.list_models()
+           if m.startswith('nfnet_')]
+  variant, flags = common.split_variant(arg, known, 'f0', 'NFNet')
+  return common.nfnet_config(f'nfnet_{variant}', ','.join(sorted(flags)))
 
 
 def variant(name: str) -> ConfigFn:
