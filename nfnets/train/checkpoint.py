@@ -45,7 +45,13 @@ _ITEMS = ('state', 'config')
 
 
 class CheckpointError(errors.UserError, RuntimeError):
-  """A checkpoint that is missing or cannot be read."""
+  """A checkpoint that is missing or cannot be read.
+
+  A read that failed can leave orbax's and tensorstore's callbacks pending,
+  which print tracebacks while the interpreter shuts down; a command line
+  exits at once after the message (`exit_now`).
+  """
+  exit_now = True
 
 
 class SaveError(errors.UserError, RuntimeError):
