@@ -150,6 +150,11 @@ def test_train_step_loss_ema_and_learning():
   want = -np.mean(np.sum(targets * log_probs, -1))
   np.testing.assert_allclose(float(metrics['loss']), want, rtol=1e-5)
   assert int(new.step) == 1
+  flat = np.concatenate([np.ravel(np.asarray(x, np.float64))
+                         for x in jax.tree.leaves(jax.device_get(new.params))])
+  np.testing.assert_allclose(float(metrics['param_norm']),
+                             np.sqrt(np.sum(flat ** 2)), rtol=1e-5)
+  assert 0.0 <= float(metrics['agc_clip_fraction']) <= 1.0
   # The EMA at t=0 uses decay min(d, 1/10): ema = 0.1 * old + 0.9 * new.
   # (In NumPy: eager jax arithmetic would compile once per parameter shape.)
   leaves = jax.device_get([jax.tree.leaves(t) for t in (

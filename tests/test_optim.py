@@ -99,6 +99,25 @@ def test_agc_matches_numpy_reference_on_random_trees():
   assert 0.2 * total < clipped < 0.8 * total
 
 
+def test_clip_fraction_counts_the_units_numpy_clips():
+  clipping, eps = 0.01, 1e-3
+  for seed in range(3):
+    params, grads = random_tree(seed, clipping)
+    counts = [np_clipped_units(grads[n], params[n], clipping, eps)
+              for n in _SHAPES]
+    want = sum(c for c, _ in counts) / sum(t for _, t in counts)
+    got = jax.jit(lambda g, p: optim.clip_fraction(g, p, clipping, eps))(
+        grads, params)
+    np.testing.assert_allclose(float(got), want, rtol=1e-6)
+    assert 0.0 < want < 1.0
+    # Masked-out parameters count nowhere, as they are not clipped.
+    mask = {n: n == 'conv' for n in _SHAPES}
+    c, t = np_clipped_units(grads['conv'], params['conv'], clipping, eps)
+    np.testing.assert_allclose(
+        float(optim.clip_fraction(grads, params, clipping, eps, mask=mask)),
+        c / t, rtol=1e-6)
+
+
 def test_clipped_units_sit_exactly_on_the_threshold():
   clipping, eps = 0.02, 1e-3
   params, grads = random_tree(7, clipping)

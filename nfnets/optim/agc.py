@@ -86,9 +86,10 @@ def _safe_norm(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
 
 
-def _clip_unitwise(grad: jax.Array, param: jax.Array, clipping: float,
-                   eps: float, axis: AxisSpec, where: str) -> jax.Array:
-  """AGC for one tensor: [NFNet] eq. (3)."""
+def _unit_norms(grad: jax.Array, param: jax.Array, clipping: float,
+                eps: float, axis: AxisSpec, where: str
+                ) -> tuple[jax.Array, jax.Array]:
+  """(||G_i||, clipping * max(||W_i||, eps)) per unit, float32, dims kept."""
   if grad.shape != param.shape:
     raise ValueError(
         f'adaptive_grad_clip: gradient {where} has shape {tuple(grad.shape)} '
@@ -96,14 +97,51 @@ def _clip_unitwise(grad: jax.Array, param: jax.Array, clipping: float,
   axes = _reduction_axes(param, axis, where)
   # float32 norms: in bfloat16 every square and the norm itself keep only 8
   # bits of mantissa, and the threshold test compares two such norms.
-  g32 = jnp.asarray(grad, jnp.float32)
-  p32 = jnp.asarray(param, jnp.float32)
-  g_norm = _safe_norm(g32, axes)
-  p_norm = _safe_norm(p32, axes)
-  max_norm = clipping * jnp.maximum(p_norm, eps)
+  g_norm = _safe_norm(jnp.asarray(grad, jnp.float32), axes)
+  p_norm = _safe_norm(jnp.asarray(param, jnp.float32), axes)
+  return g_norm, clipping * jnp.maximum(p_norm, eps)
+
+
+def _clip_unitwise(grad: jax.Array, param: jax.Array, clipping: float,
+                   eps: float, axis: AxisSpec, where: str) -> jax.Array:
+  """AGC for one tensor: [NFNet] eq. (3)."""
+  g_norm, max_norm = _unit_norms(grad, param, clipping, eps, axis, where)
   scale = jnp.where(g_norm > max_norm,
                     max_norm / jnp.maximum(g_norm, _MIN_GRAD_NORM), 1.0)
-  return (g32 * scale).astype(grad.dtype)
+  return (jnp.asarray(grad, jnp.float32) * scale).astype(grad.dtype)
+
+
+def clip_fraction(grads: PyTree, params: PyTree, clipping: float,
+                  eps: float = 1e-3, *, axis: AxisSpec = None,
+                  mask: MaskSpec = None) -> jax.Array:
+  """The share of units that `adaptive_grad_clip` clips for these gradients.
+
+  The diagnostic of [NFNet] sec. 4.1: how many units' ratio
+  ||G_i|| / max(||W_i||, eps) exceeds `clipping`. Units are counted as
+  `adaptive_grad_clip` defines them (same `axis`); with `mask`, only the
+  parameters it marks True count, so the figure matches what is clipped.
+
+  Returns:
+    A float32 scalar in [0, 1] (0 when no unit is counted).
+  """
+  if callable(mask):
+    mask = mask(params)
+  if mask is None:
+    mask = jax.tree.map(lambda _: True, params)
+  clipped, units = [], []
+
+  def count(path, g, p, keep):
+    if not keep:
+      return
+    g_norm, max_norm = _unit_norms(g, p, clipping, eps, axis,
+                                   jax.tree_util.keystr(path))
+    clipped.append(jnp.sum(g_norm > max_norm))
+    units.append(g_norm.size)
+
+  jax.tree_util.tree_map_with_path(count, grads, params, mask)
+  if not units:
+    return jnp.zeros((), jnp.float32)
+  return (sum(clipped) / sum(units)).astype(jnp.float32)
 
 
 def adaptive_grad_clip(clipping: float, eps: float = 1e-3, *,

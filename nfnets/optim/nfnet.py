@@ -6,11 +6,22 @@ TensorFlow's RMSProp ([EfficientNet] Tan & Le 2019).
 """
 from __future__ import annotations
 
-from typing import Union
+from typing import Callable, Optional, Union
 
 import optax
 
 from nfnets.optim import agc
+
+
+def clipped_mask(exclude_classifier: bool = True,
+                 clip_classifier_bias: bool = False,
+                 classifier_pattern: str = agc.CLASSIFIER_PATTERN
+                 ) -> Optional[Callable[[agc.PyTree], agc.PyTree]]:
+  """The AGC mask `regularized` uses: params -> bools, or None (clip all)."""
+  if not exclude_classifier:
+    return None
+  return lambda params: agc.agc_mask(params, classifier_pattern,
+                                     clip_classifier_bias)
 
 
 def regularized(update: optax.GradientTransformation, *,
@@ -54,10 +65,8 @@ def regularized(update: optax.GradientTransformation, *,
       raise ValueError(f'{caller}: {message}.')
   parts = []
   if clipping > 0:
-    mask = None
-    if exclude_classifier:
-      mask = lambda params: agc.agc_mask(params, classifier_pattern,
-                                         clip_classifier_bias)
+    mask = clipped_mask(exclude_classifier, clip_classifier_bias,
+                        classifier_pattern)
     parts.append(agc.adaptive_grad_clip(clipping, agc_eps, mask=mask))
   if weight_decay > 0:
     parts.append(optax.add_decayed_weights(weight_decay,

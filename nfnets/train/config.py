@@ -22,7 +22,8 @@ from nfnets.train import optimizer as optimizer_config
 
 COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
 # Group path -> fields a config may lack (it was saved before they existed).
-_ADDED_FIELDS = {'optimizer.': optimizer_config.ADDED_FIELDS}
+_ADDED_FIELDS = {'optimizer.': optimizer_config.ADDED_FIELDS,
+                 'training.': ('profile_steps',)}
 
 
 class ConfigError(errors.UserError, ValueError):
@@ -62,6 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.training.compute_dtype = 'bfloat16'
   config.training.seed = 0
   config.training.log_every = 100
+  # Steps to trace with jax.profiler into WORKDIR/profile, from the second
+  # step of a run on (the first compiles); 0: no trace.
+  config.training.profile_steps = 0
 
   config.eval = ml_collections.ConfigDict()
   # Global eval batch; evaluation runs every `every_steps` and at the end
@@ -225,6 +229,7 @@ def validate_config(config: ml_collections.ConfigDict,
     raise ConfigError(f'training.log_every must be positive, got '
                       f'{tc.log_every}.')
   for name, value in (('eval.every_steps', config.eval.every_steps),
+                      ('training.profile_steps', tc.get('profile_steps', 0)),
                       ('checkpoint.every_steps', config.checkpoint.every_steps)):
     if value < 0:
       raise ConfigError(f'{name} must be >= 0, got {value}.')

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
-import time
 from typing import Any, Callable, Mapping, Optional
 
 from absl import logging
@@ -28,6 +27,7 @@ from nfnets.train import config as config_lib
 from nfnets.train import lock as lock_lib
 from nfnets.train import metrics as metrics_lib
 from nfnets.train import preemption
+from nfnets.train import progress as progress_lib
 from nfnets.train import state as state_lib
 from nfnets.train import step as step_lib
 
@@ -187,6 +187,21 @@ def _initial_state(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   return state
 
 
+def _log_startup(config: ml_collections.ConfigDict,
+                 state: state_lib.TrainState, mesh: jax.sharding.Mesh,
+                 step: int, total_steps: int) -> None:
+  """One line saying where and what this process runs."""
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  batch = config.training.batch_size
+  logging.info(
+      'Process %d of %d on %s: %d devices (%d local), mesh %s; batch %d '
+      '(%d per device); %s with %s parameters; steps %d to %d.',
+      jax.process_index(), jax.process_count(), jax.default_backend(),
+      jax.device_count(), jax.local_device_count(), dict(mesh.shape), batch,
+      batch // jax.device_count(), config.model.name, f'{num_params:,}',
+      step, total_steps)
+
+
 def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path,
          state: state_lib.TrainState, model: Any, optimizer: Any,
          schedule: Any, mesh: jax.sharding.Mesh, total_steps: int) -> Metrics:
@@ -208,6 +223,8 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                       out_shardings=replicated)
   writer = metrics_lib.MetricWriter(workdir,
                                     enabled=jax.process_index() == 0)
+  writer.write_hparams(_flatten(checkpoint.config_to_dict(config)))
+  _log_startup(config, state, mesh, step, total_steps)
   batches = data.prefetch_to_devices(data.build_train(
       config.data, batch_size=tc.batch_size // jax.process_count(),
       seed=tc.seed, start_step=step, process_index=jax.process_index(),
@@ -215,17 +232,30 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path,
 
   final: Metrics = {}
   pending = metrics_lib.Pending()
+  progress = progress_lib.Progress(total_steps=total_steps,
+                                   batch_size=tc.batch_size,
+                                   enabled=jax.process_index() == 0)
+  # From the second step of this run on: the first one compiles.
+  profiler = progress_lib.StepProfiler(
+      str(workdir / 'profile'), first_step=step + 2,
+      num_steps=tc.get('profile_steps', 0))
+  first_step = step + 1
 
   def every(n: int) -> bool:
     return n > 0 and step % n == 0
 
-  last_time, last_step = time.time(), step
   try:
     with preemption.PreemptionWatcher() as watcher:
       stopped = False
       while step < total_steps:
+        profiler.before_step(step + 1)
         state, metrics = train_step(state, next(batches))
         step += 1
+        profiler.after_step(step, metrics)
+        if step == first_step:
+          # The speed excludes the compilation of the first step.
+          jax.block_until_ready(metrics)
+          progress.start(step)
         # Cheap: a save that failed in the background stops the run now.
         checkpoint.check_saves(manager)
         pending.add(step, metrics)
@@ -238,21 +268,18 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path,
           # Reading the metrics waits for the step; a NaN found here stops the
           # run before its parameters can reach a checkpoint.
           means = pending.fetch()
-          now = time.time()
-          rate = (step - last_step) / max(now - last_time, 1e-9)
-          last_time, last_step = now, step
+          speed = progress.lap(step)
           final = {f'train/{k}': v for k, v in means.items()}
           final['train/learning_rate'] = float(
               jax.device_get(schedule(step - 1)))
-          final['train/images_per_sec'] = rate * tc.batch_size
+          if speed is not None:
+            final['train/images_per_sec'] = speed.images_per_sec
+            final['train/step_time'] = speed.step_time
           writer.write(step, final)
-          logging.info(
-              'step %d/%d  loss %.4f  top1 %.3f  %.0f img/s  ETA %s', step,
-              total_steps, means['loss'], means['top1'],
-              rate * tc.batch_size,
-              metrics_lib.format_eta((total_steps - step) / rate))
+          progress.show(step, means, speed)
         if do_eval:
-          final.update(_evaluate(eval_step, state, config, batch_sharded))
+          with progress.paused():
+            final.update(_evaluate(eval_step, state, config, batch_sharded))
           writer.write(step, {k: v for k, v in final.items()
                               if k.startswith('eval/')})
           logging.info('step %d eval: %s', step, ', '.join(
@@ -262,7 +289,8 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path,
           # After the evaluation: tfds' mock file system (used in tests) is
           # process-wide while a pipeline is built, and would swallow the
           # files of an asynchronous save still being written.
-          checkpoint.save(manager, state, config)
+          with progress.paused():
+            checkpoint.save(manager, state, config)
         if stopped:
           logging.warning('Stopped at step %d after SIGTERM; checkpoint saved.',
                           step)
@@ -284,6 +312,8 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path,
       pass  # Already reported as a SaveError, or hidden behind the error.
     manager.close()
     writer.close()
+    progress.close()
+    profiler.stop()
 
   if step == total_steps and not any(k.startswith('eval/') for k in final):
     # Resumed a finished run: report its evaluation.

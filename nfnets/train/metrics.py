@@ -6,11 +6,10 @@ metrics until a log step, so the loop reads device values only there.
 from __future__ import annotations
 
 import json
-import math
 import os
 import pathlib
 import time
-from typing import Mapping, Union
+from typing import Any, Mapping, Union
 
 import jax
 import numpy as np
@@ -22,35 +21,35 @@ METRICS_FILE = 'metrics.jsonl'
 
 
 class MetricWriter:
-  """TensorBoard events and a JSON-lines file in the work directory.
+  """TensorBoard events (clu's `SummaryWriter`) and a JSON-lines file.
 
-  Only process 0 writes; other processes get a writer that does nothing.
+  Scalars go to WORKDIR/tensorboard (view them with `tensorboard --logdir
+  WORKDIR`) and, one record per call, to WORKDIR/metrics.jsonl, which
+  `read_metrics` reads back. Only process 0 writes; other processes get a
+  writer that does nothing.
   """
 
   def __init__(self, workdir: pathlib.Path, enabled: bool = True):
     self._enabled = enabled
     if not enabled:
       return
-    # Deferred: TensorFlow takes seconds to import and only logging needs it.
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    from tensorflow.core.framework import summary_pb2  # pylint: disable=g-import-not-at-top
-    self._tf = tf
-    self._tb = tf.summary.create_file_writer(str(workdir / 'tensorboard'))
-    # What tensorboard's scalar summary writes, spelled out: tensorflow-cpu
-    # does not ship the tensorboard package that tf.summary.scalar needs.
-    self._scalar = summary_pb2.SummaryMetadata(
-        plugin_data=summary_pb2.SummaryMetadata.PluginData(
-            plugin_name='scalars'))
+    # Deferred: clu's writers import TensorFlow, which takes seconds, and
+    # only process 0 writes.
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+    self._tb = metric_writers.SummaryWriter(str(workdir / 'tensorboard'))
     self._jsonl = open(workdir / METRICS_FILE, 'a')
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    """Records the run's settings (flattened config) for TensorBoard."""
+    if self._enabled:
+      self._tb.write_hparams(dict(hparams))
+      self._tb.flush()
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     """Writes scalars at `step`; keys are TensorBoard tags ('train/loss')."""
     if not self._enabled:
       return
-    with self._tb.as_default(step=step):
-      for key, value in metrics.items():
-        self._tf.summary.write(key, self._tf.constant(value, self._tf.float32),
-                               metadata=self._scalar)
+    self._tb.write_scalars(step, {k: float(v) for k, v in metrics.items()})
     record = {'step': step, 'time': time.time(),
               **{k: float(v) for k, v in metrics.items()}}
     self._jsonl.write(json.dumps(record) + '\n')
@@ -110,12 +109,3 @@ class Pending:
         raise NonFiniteLossError(f'Non-finite loss ({m["loss"]}) at step '
                                  f'{step}.')
     return {k: float(np.mean([m[k] for m in values])) for k in values[0]}
-
-
-def format_eta(seconds: float) -> str:
-  """H:MM:SS, or '?' when not finite."""
-  if not math.isfinite(seconds):
-    return '?'
-  h, rem = divmod(int(seconds), 3600)
-  m, s = divmod(rem, 60)
-  return f'{h}:{m:02d}:{s:02d}'

@@ -17,6 +17,8 @@ import ml_collections
 import optax
 
 from nfnets import data
+from nfnets import optim
+from nfnets.train import optimizer as optimizer_config
 from nfnets.train import state as state_lib
 
 Batch = Mapping[str, jax.Array]
@@ -77,13 +79,19 @@ def make_train_step(config: ml_collections.ConfigDict,
   The returned `train_step(state, batch) -> (state, metrics)` takes a global
   batch {'images': [B, H, W, 3], 'labels': [B] (, 'mix_labels', 'mix_ratio')}
   and returns scalar metrics: 'loss' (smoothed cross-entropy), 'top1'
-  (against `labels`), 'grad_norm' (global L2 norm before clipping). With
+  (against `labels`), 'grad_norm' (global L2 norm before clipping),
+  'param_norm' (global L2 norm of the updated weights) and, when AGC is on,
+  'agc_clip_fraction' (the share of clipped units, [NFNet] sec. 4.1). With
   `training.ema_decay = 0` no average is kept: the EMA fields carry the
   weights themselves.
   """
   tc = config.training
   num_classes = data.num_classes(config.data)
   policy = _policy(config)
+  oc = optimizer_config.with_defaults(config.optimizer)
+  clip_mask = optim.clipped_mask(oc.agc_exclude_classifier,
+                                 oc.agc_clip_classifier_bias,
+                                 oc.classifier_pattern)
 
   def loss_fn(params, model_state, rng, batch):
     # Parameters are cast per step, so the float32 master copy gets the
@@ -115,7 +123,11 @@ def make_train_step(config: ml_collections.ConfigDict,
         opt_state=opt_state, ema_params=ema_params, ema_state=ema_state,
         rng=rng)
     metrics = {'loss': loss, 'top1': top1,
-               'grad_norm': optax.tree.norm(grads)}
+               'grad_norm': optax.tree.norm(grads),
+               'param_norm': optax.tree.norm(params)}
+    if oc.clipping > 0:
+      metrics['agc_clip_fraction'] = optim.clip_fraction(
+          grads, state.params, oc.clipping, oc.agc_eps, mask=clip_mask)
     return new_state, metrics
 
   return train_step
