@@ -22,6 +22,9 @@ setuptools.setup(
     python_requires='>=3.10',
     install_requires=_requirements(),
     extras_require={
+        # clu's metric writers already need tensorboard, so it comes with
+        # the package; the extra names it for `pip install nfnets[tensorboard]`.
+        'tensorboard': ['tensorboard>=2.16,<2.22'],
         'test': [
             'pytest>=7.4',
             'pytest-xdist>=3.5',
