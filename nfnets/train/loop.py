@@ -194,10 +194,11 @@ def _log_startup(config: ml_collections.ConfigDict,
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   batch = config.training.batch_size
   logging.info(
-      'Process %d of %d on %s: %d devices (%d local), mesh %s; batch %d '
+      'Process %d of %d on %s: %d device%s (%d local), mesh %s; batch %d '
       '(%d per device); %s with %s parameters; steps %d to %d.',
       jax.process_index(), jax.process_count(), jax.default_backend(),
-      jax.device_count(), jax.local_device_count(), dict(mesh.shape), batch,
+      jax.device_count(), 's' if jax.device_count() != 1 else '',
+      jax.local_device_count(), dict(mesh.shape), batch,
       batch // jax.device_count(), config.model.name, f'{num_params:,}',
       step, total_steps)
 
