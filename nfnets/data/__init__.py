@@ -15,9 +15,17 @@ Contract with the runner:
   `{'images': float32 [B, H, W, 3] normalized, 'labels': int32 [B]}`, plus
   `'mix_labels': int32 [B]` and `'mix_ratio': float32 [B]` when MixUp or
   CutMix is on (target = r * onehot(labels) + (1 - r) * onehot(mix_labels)).
-  The stream is a deterministic function of (seed, process_index,
-  process_count), and starting at `start_step=k` gives exactly the batches
-  a fresh stream gives after k batches. Processes read disjoint examples.
+  Digits: the stream is a function of (seed, global example index): every
+  random draw for an example (shift, RandAugment, its MixUp/CutMix pair
+  2k, 2k + 1 and that pair's ratio/box) depends on (seed, its position in
+  the stream), never on process_index or process_count, so the per-process
+  batches concatenated in process order are the same global batch for any
+  number of processes (mixing then needs an even per-process batch).
+  tfds ImageNet: each process reads its own share of the files and seeds its
+  shuffle and augmentation with its process_index, so the stream is a
+  function of (seed, process_index, process_count). Either way, starting at
+  `start_step=k` gives exactly the batches a fresh stream gives after k
+  batches, and processes read disjoint examples.
 * `build_eval(config.data, *, batch_size, process_index=0,
   process_count=1)` yields one pass over the eval split as
   `{'images', 'labels', 'mask': bool [B]}`; the last batch is padded to B with

@@ -1,9 +1,10 @@
 """Train-time augmentation in TensorFlow ops for the tf.data pipelines.
 
 Every random draw here is stateless and takes an explicit `seed` ([2] int
-tensor): the pipeline derives one seed per example from (run seed, process,
-epoch, example index), which makes the stream reproducible under parallel
-`map` and lets a run resume at any step.
+tensor): the pipelines derive one seed per example (ImageNet from run seed,
+process, epoch and example index; digits from run seed and global example
+position), which makes a stream reproducible under parallel `map` and lets a
+run resume at any step.
 
 RandAugment is implemented here rather than imported because no maintained
 library fits that requirement:
@@ -324,8 +325,8 @@ def decode_and_random_crop(image_bytes: tf.Tensor, seed: tf.Tensor,
 # ---------------------------------------------------------------- mixing
 
 
-def _beta(seed: tf.Tensor, alpha: float) -> tf.Tensor:
-  """One Beta(alpha, alpha) draw from two stateless Gamma draws."""
+def sample_beta(seed: tf.Tensor, alpha: float) -> tf.Tensor:
+  """One Beta(alpha, alpha) draw (scalar float32) from two stateless Gammas."""
   gammas = tf.random.stateless_gamma([2], seed, alpha=alpha)
   return gammas[0] / tf.maximum(gammas[0] + gammas[1], 1e-12)
 
@@ -358,6 +359,16 @@ def cutmix_box(ratio: tf.Tensor, height: int, width: int, center_y: tf.Tensor,
       tf.clip_by_value(center_y + cut_h // 2, 0, height),
       tf.clip_by_value(center_x + cut_w // 2, 0, width),
   ])
+
+
+def random_cutmix_box(ratio_seed: tf.Tensor, box_seed: tf.Tensor,
+                      alpha: float, height: int, width: int) -> tf.Tensor:
+  """`cutmix_box` with ratio ~ Beta(alpha, alpha) and a uniform centre pixel.
+  """
+  center = tf.random.stateless_uniform(
+      [2], box_seed, 0, tf.int32.max, tf.int32) % [height, width]
+  return cutmix_box(sample_beta(ratio_seed, alpha), height, width, center[0],
+                    center[1])
 
 
 def cutmix(images: tf.Tensor, labels: tf.Tensor, box: tf.Tensor
@@ -412,13 +423,10 @@ def mix_batch(batch: dict[str, tf.Tensor], seed: tf.Tensor,
     part_images, part_labels = images[start:stop], labels[start:stop]
     if kind == 'mixup':
       outputs.append(mixup(part_images, part_labels,
-                           _beta(ratio_seed, mixup_alpha)))
+                           sample_beta(ratio_seed, mixup_alpha)))
     else:
-      center = tf.random.stateless_uniform(
-          [2], box_seed, 0, tf.int32.max, tf.int32) % [height, width]
-      box = cutmix_box(_beta(ratio_seed, cutmix_alpha), height, width,
-                       center[0], center[1])
-      outputs.append(cutmix(part_images, part_labels, box))
+      outputs.append(cutmix(part_images, part_labels, random_cutmix_box(
+          ratio_seed, box_seed, cutmix_alpha, height, width)))
   batch = dict(batch)
   batch['images'] = tf.concat([o[0] for o in outputs], 0)
   batch['mix_labels'] = tf.cast(tf.concat([o[1] for o in outputs], 0),

@@ -3,8 +3,15 @@
 1797 real grayscale scans (10 classes) ship inside scikit-learn, so a run
 needs no download. Images are upsampled bilinearly to `image_size`,
 replicated to RGB (every model sees 3 channels) and held in memory as NumPy;
-batches are cut by index, which makes the stream a pure function of
-(seed, step, process) and resuming free.
+batches are cut by index and resuming is free.
+
+Host invariance: the training stream is one sequence of examples, a
+function of the seed alone. Every random draw for the example at global
+position i (its shift, its RandAugment ops) depends only on (seed, i), and
+MixUp/CutMix mix positions 2k and 2k + 1 with a ratio/box drawn from
+(seed, k). A global batch of G examples is positions [step * G,
+(step + 1) * G), and process p of P takes the p-th of its P slices, so the
+concatenated per-process batches are the same for any process count.
 
 Augmentation: random shifts (`max_shift`) in NumPy and, when enabled, the
 tf.data pipelines' own RandAugment and MixUp/CutMix (`nfnets.data.augment`)
@@ -18,11 +25,18 @@ from typing import Iterator
 import ml_collections
 import numpy as np
 
+from nfnets import errors
 from nfnets.data import base
 
 # Fixed split: 20% stratified test set, drawn once with this seed.
 _TEST_FRACTION = 0.2
 _SPLIT_SEED = 0
+# Second entropy words naming each random stream. Epoch permutations use
+# (seed, epoch); these sit far above any epoch count, so no two streams share
+# a NumPy SeedSequence.
+_SHIFT_STREAM = 0x53484654
+_RANDAUGMENT_STREAM = 0x52414e44
+_MIX_STREAM = 0x4d495846
 
 
 @functools.lru_cache(maxsize=1)
@@ -95,13 +109,21 @@ def _normalize(images: np.ndarray,
   return ((rgb - mean) / std).astype(np.float32)
 
 
-def _shift(images: np.ndarray, max_shift: int,
-           rng: np.random.Generator) -> np.ndarray:
+def _stream_word(seed: int, stream: int) -> int:
+  """A 31-bit word naming (seed, stream), for stateless TF seeds."""
+  return int(np.random.default_rng([seed, stream]).integers(1 << 31))
+
+
+def _shift(images: np.ndarray, max_shift: int, seed: int,
+           positions: np.ndarray) -> np.ndarray:
   """Translates each [H, W] image by up to max_shift px; fills with 0 (no ink).
+
+  The offsets of the image at global position i come from (seed, i) alone.
   """
-  n, height, width = images.shape
+  _, height, width = images.shape
   padded = np.pad(images, ((0, 0), (max_shift,) * 2, (max_shift,) * 2))
-  offsets = rng.integers(0, 2 * max_shift + 1, size=(n, 2))
+  offsets = [np.random.default_rng([seed, _SHIFT_STREAM, int(i)]).integers(
+      0, 2 * max_shift + 1, size=2) for i in positions]
   return np.stack([padded[i, dy:dy + height, dx:dx + width]
                    for i, (dy, dx) in enumerate(offsets)])
 
@@ -123,30 +145,101 @@ def _randaugment_fn(num_layers: int, magnitude: float):
 
 
 def _randaugment(images: np.ndarray, data_config: ml_collections.ConfigDict,
-                 seed_word: int) -> np.ndarray:
-  """RandAugment on float [N, H, W] grayscale images on 0..255."""
+                 seed: int, positions: np.ndarray) -> np.ndarray:
+  """RandAugment on float [N, H, W] grayscale images on 0..255.
+
+  The image at global position i gets the stateless seed (word(seed), i).
+  """
   fn = _randaugment_fn(data_config.randaugment_layers,
                        float(data_config.randaugment_magnitude))
-  seeds = np.stack([np.full(len(images), seed_word, np.int64),
-                    np.arange(len(images), dtype=np.int64)], axis=1)
+  seeds = np.stack([
+      np.full(len(images), _stream_word(seed, _RANDAUGMENT_STREAM), np.int64),
+      positions.astype(np.int64)], axis=1)
   rgb = np.repeat(images[..., None], 3, axis=-1).astype(np.float32)
   # Every op treats channels alike, so gray stays gray: keep one channel.
   return fn(rgb, seeds).numpy()[..., 0]
 
 
-def _mix(images: np.ndarray, labels: np.ndarray,
-         data_config: ml_collections.ConfigDict,
-         seed_word: int) -> dict[str, np.ndarray]:
-  """MixUp/CutMix as configured (`augment.mix_batch`), on NumPy arrays."""
-  if data_config.mixup_alpha <= 0 and data_config.cutmix_alpha <= 0:
-    return {'images': images, 'labels': labels}
+def _mixing(data_config: ml_collections.ConfigDict) -> bool:
+  return data_config.mixup_alpha > 0 or data_config.cutmix_alpha > 0
+
+
+@functools.lru_cache(maxsize=2)
+def _mix_pairs_fn(mixup_alpha: float, cutmix_alpha: float):
+  """A tf.function mixing examples (2j, 2j + 1) of a batch with each other.
+
+  (float32 [B, H, W, C] images, int32 [B] labels, int64 [B / 2, 2] pair
+  seeds, bool [B / 2] use-CutMix) -> (images, mix_labels, mix_ratio). A pair
+  is `augment.mixup` or `augment.cutmix` on a batch of two, with its own
+  ratio (and box) from its seed.
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from nfnets.data import augment  # pylint: disable=g-import-not-at-top
-  batch = augment.mix_batch(
-      {'images': tf.constant(images), 'labels': tf.constant(labels)},
-      tf.constant([seed_word, 0], tf.int64), data_config.mixup_alpha,
-      data_config.cutmix_alpha)
-  return {k: v.numpy() for k, v in batch.items()}
+
+  def mix_pair(args):
+    images, labels, seed, use_cutmix = args  # [2, H, W, C], [2], [2], []
+    ratio_seed, box_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 2))
+
+    def cut():
+      return augment.cutmix(images, labels, augment.random_cutmix_box(
+          ratio_seed, box_seed, cutmix_alpha, images.shape[1],
+          images.shape[2]))
+
+    def blend():
+      return augment.mixup(images, labels,
+                           augment.sample_beta(ratio_seed, mixup_alpha))
+
+    if mixup_alpha <= 0:
+      return cut()
+    if cutmix_alpha <= 0:
+      return blend()
+    return tf.cond(use_cutmix, cut, blend)
+
+  @tf.function
+  def apply(images, labels, seeds, use_cutmix):
+    pairs = (tf.reshape(images, [-1, 2, *images.shape[1:]]),
+             tf.reshape(labels, [-1, 2]), seeds, use_cutmix)
+    mixed, mix_labels, ratios = tf.map_fn(
+        mix_pair, pairs,
+        fn_output_signature=(tf.float32, labels.dtype, tf.float32))
+    return (tf.reshape(mixed, tf.shape(images)), tf.reshape(mix_labels, [-1]),
+            tf.reshape(ratios, [-1]))
+
+  return apply
+
+
+def _mix(images: np.ndarray, labels: np.ndarray,
+         data_config: ml_collections.ConfigDict, seed: int,
+         positions: np.ndarray) -> dict[str, np.ndarray]:
+  """MixUp/CutMix as configured, pairing global positions (2k, 2k + 1).
+
+  Pair k's ratio (and CutMix box) comes from (seed, k) alone; with both on,
+  even pairs are CutMixed and odd pairs MixUped, so each kind gets half the
+  pairs of any stretch of the stream. `positions` must start even and have
+  even length (`_check_batch`).
+  """
+  if not _mixing(data_config):
+    return {'images': images, 'labels': labels}
+  pairs = positions[::2] // 2
+  seeds = np.stack([np.full(len(pairs), _stream_word(seed, _MIX_STREAM),
+                            np.int64), pairs.astype(np.int64)], axis=1)
+  fn = _mix_pairs_fn(float(data_config.mixup_alpha),
+                     float(data_config.cutmix_alpha))
+  mixed, mix_labels, ratios = fn(images, labels, seeds, pairs % 2 == 0)
+  return {'images': mixed.numpy(), 'labels': labels,
+          'mix_labels': mix_labels.numpy().astype(np.int32),
+          'mix_ratio': ratios.numpy()}
+
+
+def _check_batch(data_config: ml_collections.ConfigDict,
+                 batch_size: int) -> None:
+  """Mixed pairs must not straddle processes or steps: an even batch."""
+  if _mixing(data_config) and batch_size % 2:
+    raise errors.InputError(
+        f'MixUp/CutMix on digits mixes examples in pairs, so the per-process '
+        f'batch (training.batch_size / processes) must be even; got '
+        f'{batch_size}. Use an even per-process batch or turn mixing off.')
 
 
 def check_available(data_config: ml_collections.ConfigDict) -> None:
@@ -174,8 +267,15 @@ def build_train(data_config: ml_collections.ConfigDict, *, batch_size: int,
   Global batch `step` covers positions [step * G, (step + 1) * G) of the
   concatenation of per-epoch permutations (G = batch_size * process_count);
   process p takes the p-th slice of it, so processes see disjoint examples
-  and any step can be produced directly.
+  and any step can be produced directly. Each example's augmentation depends
+  only on (seed, its position), so the global batches do not depend on
+  process_count.
+
+  Raises:
+    InputError: (at the call, not the first batch) if mixing is on and
+      batch_size is odd.
   """
+  _check_batch(data_config, batch_size)
   images, labels = _upsampled(_split_name(base.train_split(data_config)),
                               data_config.image_size)
   n = len(labels)
@@ -188,25 +288,28 @@ def build_train(data_config: ml_collections.ConfigDict, *, batch_size: int,
       perms[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
     return perms[epoch]
 
-  step = start_step
-  while True:
-    start = step * global_batch + process_index * batch_size
-    positions = np.arange(start, start + batch_size)
-    epochs, offsets = np.divmod(positions, n)
-    idx = np.empty(batch_size, np.int64)
-    for epoch in np.unique(epochs):
-      sel = epochs == epoch
-      idx[sel] = permutation(int(epoch))[offsets[sel]]
-    rng = np.random.default_rng([seed, step, process_index])
-    batch_images = images[idx]
-    if data_config.max_shift:
-      batch_images = _shift(batch_images, data_config.max_shift, rng)
-    if data_config.randaugment_layers:
-      batch_images = _randaugment(batch_images, data_config,
-                                  int(rng.integers(1 << 31)))
-    yield _mix(_normalize(batch_images, data_config), labels[idx],
-               data_config, int(rng.integers(1 << 31)))
-    step += 1
+  def batches() -> Iterator[dict[str, np.ndarray]]:
+    step = start_step
+    while True:
+      start = step * global_batch + process_index * batch_size
+      positions = np.arange(start, start + batch_size)
+      epochs, offsets = np.divmod(positions, n)
+      idx = np.empty(batch_size, np.int64)
+      for epoch in np.unique(epochs):
+        sel = epochs == epoch
+        idx[sel] = permutation(int(epoch))[offsets[sel]]
+      batch_images = images[idx]
+      if data_config.max_shift:
+        batch_images = _shift(batch_images, data_config.max_shift, seed,
+                              positions)
+      if data_config.randaugment_layers:
+        batch_images = _randaugment(batch_images, data_config, seed,
+                                    positions)
+      yield _mix(_normalize(batch_images, data_config), labels[idx],
+                 data_config, seed, positions)
+      step += 1
+
+  return batches()
 
 
 def build_eval(data_config: ml_collections.ConfigDict, *, batch_size: int,
