@@ -18,8 +18,11 @@ import sys
 import numpy as np
 import pytest
 
+from nfnets import configs
 from nfnets import data
 from nfnets import errors
+from nfnets import train
+from nfnets.train import config as train_config
 from nfnets.train import metrics
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -123,6 +126,17 @@ def test_digits_mixing_needs_an_even_batch_at_the_call():
   config.mixup_alpha = config.cutmix_alpha = 0.0
   batch = next(data.build_train(config, batch_size=3, seed=0))
   assert len(batch['labels']) == 3
+
+
+def test_an_odd_batch_with_mixing_fails_before_the_run_writes(tmp_path):
+  config = configs.digits_config()
+  config.data.mixup_alpha = 0.2
+  config.training.batch_size = 3
+  config.eval.batch_size = 3
+  workdir = tmp_path / 'run'
+  with pytest.raises(train_config.ConfigError, match='must be even; got 3'):
+    train.train_and_evaluate(config, workdir)
+  assert not workdir.exists() or not any(workdir.iterdir())
 
 
 # ---------------------------------------------------- two real processes

@@ -51,6 +51,7 @@ from nfnets.data.base import preprocess_for_eval
 from nfnets.data.base import train_split
 from nfnets.data.base import validate
 from nfnets.data.pipeline import build_eval
+from nfnets.data.pipeline import check_batch
 from nfnets.data.pipeline import check_available
 from nfnets.data.pipeline import build_train
 from nfnets.data.pipeline import num_examples

@@ -217,7 +217,7 @@ def _mix(images: np.ndarray, labels: np.ndarray,
   Pair k's ratio (and CutMix box) comes from (seed, k) alone; with both on,
   even pairs are CutMixed and odd pairs MixUped, so each kind gets half the
   pairs of any stretch of the stream. `positions` must start even and have
-  even length (`_check_batch`).
+  even length (`check_batch`).
   """
   if not _mixing(data_config):
     return {'images': images, 'labels': labels}
@@ -232,9 +232,13 @@ def _mix(images: np.ndarray, labels: np.ndarray,
           'mix_ratio': ratios.numpy()}
 
 
-def _check_batch(data_config: ml_collections.ConfigDict,
+def check_batch(data_config: ml_collections.ConfigDict,
                  batch_size: int) -> None:
-  """Mixed pairs must not straddle processes or steps: an even batch."""
+  """Raises if `batch_size` per process cannot be used.
+
+  Mixed pairs must not straddle processes or steps: with MixUp/CutMix the
+  batch must be even.
+  """
   if _mixing(data_config) and batch_size % 2:
     raise errors.InputError(
         f'MixUp/CutMix on digits mixes examples in pairs, so the per-process '
@@ -275,7 +279,7 @@ def build_train(data_config: ml_collections.ConfigDict, *, batch_size: int,
     InputError: (at the call, not the first batch) if mixing is on and
       batch_size is odd.
   """
-  _check_batch(data_config, batch_size)
+  check_batch(data_config, batch_size)
   images, labels = _upsampled(_split_name(base.train_split(data_config)),
                               data_config.image_size)
   n = len(labels)

@@ -46,6 +46,19 @@ def num_examples(data_config: ml_collections.ConfigDict,
   return _module(data_config).num_examples(data_config, split)
 
 
+def check_batch(data_config: ml_collections.ConfigDict,
+                batch_size: int) -> None:
+  """Raises an `InputError` if the data set cannot make batches of this size.
+
+  Args:
+    data_config: the `config.data` group.
+    batch_size: examples per process and step.
+  """
+  check = getattr(_module(data_config), 'check_batch', None)
+  if check is not None:
+    check(data_config, batch_size)
+
+
 def _check_share(batch_size: int, process_index: int,
                  process_count: int) -> None:
   if batch_size < 1:

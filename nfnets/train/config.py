@@ -212,6 +212,10 @@ def validate_config(config: ml_collections.ConfigDict,
       raise ConfigError(
           f'{name}={batch} does not divide over {num_devices} devices '
           f'({num_processes} processes); use a multiple of {num_devices}.')
+  try:
+    data.check_batch(config.data, tc.batch_size // num_processes)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
   total, warmup = durations(config)
   if total < 1:
     raise ConfigError(f'The run must be at least one step long; '
