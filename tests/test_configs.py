@@ -11,6 +11,7 @@ from ml_collections import config_flags
 import pytest
 
 from nfnets import configs
+from nfnets import models
 from nfnets import train
 from nfnets.train import config as train_config
 from nfnets.train import optimizer as train_optimizer
@@ -118,6 +119,56 @@ def test_runlocal_is_cpu_sized(name):
     assert config.model.name == full.model.name
     assert config.data.randaugment_layers == full.data.randaugment_layers
     assert config.data.mixup_alpha == full.data.mixup_alpha
+
+
+# Every ImageNet recipe that takes 'runlocal' (both MBConv families' files
+# share one config module each, so one variant per extreme suffices).
+IMAGENET_RECIPES = ['nfnet_f0', 'nfnet_f7', 'nf_resnet50', 'nf_regnet_b0',
+                    'efficientnet_b0', 'efficientnet_b7', 'mnasnet_a1',
+                    'mnasnet_b1']
+
+
+@pytest.mark.parametrize('name', IMAGENET_RECIPES)
+def test_runlocal_imagenet_is_cpu_sized_on_the_imagenet_pipeline(name):
+  config = load(name, 'runlocal,imagenet')
+  train_config.validate_config(config, num_devices=1)
+  full, digits = load(name), load(name, 'runlocal')
+  assert config.model.name == full.model.name
+  assert config.data.dataset == 'imagenet2012'
+  assert config.data.eval_split == 'validation[:1%]'
+  # The recipe's augmentation, as on the full run.
+  for field in ('randaugment_layers', 'randaugment_magnitude', 'mixup_alpha',
+                'cutmix_alpha', 'eval_crop'):
+    assert config.data[field] == full.data[field], field
+  # The recipe's train/test resolution ratio and cropped fraction, at 32 px.
+  assert config.data.image_size == 32
+  assert config.data.eval_image_size == round(
+      32 * full.data.eval_image_size / full.data.image_size)
+  assert config.data.crop_padding / config.data.eval_image_size == (
+      pytest.approx(full.data.crop_padding / full.data.eval_image_size,
+                    abs=0.5 / config.data.eval_image_size))
+  # The digits smoke run's sizes and length, one block per stage.
+  assert config.model.kwargs.width == digits.model.kwargs.width == 0.125
+  assert set(config.model.kwargs.depth) == {1}
+  assert len(config.model.kwargs.depth) == len(
+      models.get_spec(config.model.name).depth)
+  assert config.training.batch_size == digits.training.batch_size <= 64
+  assert train_config.durations(config) == train_config.durations(digits)
+  assert config.training.compute_dtype == 'float32'
+
+
+@pytest.mark.parametrize('name, arg, message', [
+    ('nfnet_f0', 'runlcal', 'known: runlocal, imagenet'),
+    ('nfnet_f0', 'imagenet', "use 'runlocal,imagenet'"),
+    ('nf_resnet50', 'imagenet', "use 'runlocal,imagenet'"),
+    ('efficientnet_b0', 'imagenet', "use 'runlocal,imagenet'"),
+    ('efficientnet_b0', 'digits,runlocal', "'digits' is a config of its own"),
+    ('mnasnet_b1', 'digits,imagenet', "'digits' is a config of its own"),
+    ('digits', 'runlocal,imagenet', "no 'imagenet' form.*nfnet_f0.py:runlocal"),
+])
+def test_config_argument_errors(name, arg, message):
+  with pytest.raises(ValueError, match=message):
+    load(name, arg)
 
 
 def test_unknown_config_argument():

@@ -17,7 +17,7 @@ def _take(iterator, n):
 
 
 def test_default_config_is_typed():
-  config = data.default_config()
+  config = data.default_config('imagenet2012')
   with pytest.raises(TypeError):
     config.image_size = 'big'
   with pytest.raises(TypeError):

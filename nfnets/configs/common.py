@@ -9,8 +9,11 @@ CPU-sized demo. The config files beside this one (and the
 of the schema is `nfnets.train.config.base_config()`.
 
 Config strings after the file name (`--config=experiments/nfnet_f0.py:ARG`)
-are comma-separated flags; `runlocal` shrinks a config to a smoke test that
-runs on a laptop CPU in about a minute.
+are comma-separated flags. `runlocal` shrinks an ImageNet recipe to a smoke
+test on the bundled digits that runs on a laptop CPU in about a minute;
+`runlocal,imagenet` shrinks it just as far but keeps the tfds ImageNet
+pipeline (decode, random crop, RandAugment, MixUp/CutMix, eval), for a
+smoke run on ImageNet prepared in `--config.data.data_dir`.
 """
 from __future__ import annotations
 
@@ -32,28 +35,73 @@ _CUTMIX_ALPHA = 1.0
 # [NFNet] appendix: stochastic depth 0.25 for every F variant.
 _NFNET_STOCHDEPTH = 0.25
 
+# Flags of the ImageNet recipes' config strings.
+RUNLOCAL_FLAGS = ('runlocal', 'imagenet')
+# `runlocal,imagenet`: train px per side, and the slice of the 50,000
+# validation images evaluated (decoding full-size JPEGs dominates a CPU
+# eval; 1% is 500 images).
+_SMOKE_IMAGE_SIZE = 32
+_SMOKE_EVAL_SPLIT = 'validation[:1%]'
+# Records held for shuffling: the default 10k would read ~1 GB of JPEGs
+# before a smoke run's first step.
+_SMOKE_SHUFFLE_BUFFER = 256
 
-def parse_arg(arg: Optional[str]) -> set[str]:
-  """Splits a config string such as 'runlocal' or 'runlocal,foo' into flags."""
+
+def parse_arg(arg: Optional[str],
+              known: Sequence[str] = RUNLOCAL_FLAGS) -> set[str]:
+  """The flags of a config string such as 'runlocal' or 'runlocal,imagenet'.
+
+  The flags of the ImageNet recipes:
+    runlocal: a CPU smoke test of the recipe on the bundled digits (tiny
+      model, 32 px, 20 steps; no data to prepare).
+    runlocal,imagenet: the same tiny model and length, on the tfds ImageNet
+      pipeline at 32 px (see `runlocal`); needs ImageNet prepared in
+      `--config.data.data_dir`.
+  'digits' (the MBConv recipes' digits-scale config) stands alone.
+
+  Args:
+    arg: the text after the config file's ':' (None or '' for none).
+    known: the flags the config accepts.
+
+  Returns:
+    The set of flags.
+
+  Raises:
+    ValueError: an unknown flag, 'imagenet' without 'runlocal', or
+      'digits' with another flag.
+  """
   flags = {a.strip() for a in (arg or '').split(',') if a.strip()}
-  unknown = flags - {'runlocal'}
+  unknown = sorted(flags - set(known))
+  if unknown == ['imagenet']:
+    raise ValueError("This config has no 'imagenet' form; for an ImageNet "
+                     "smoke run use an ImageNet recipe's 'runlocal,imagenet', "
+                     'e.g. --config=experiments/nfnet_f0.py:runlocal,imagenet.')
   if unknown:
-    raise ValueError(f'Unknown config argument(s) {sorted(unknown)}; the '
-                     "only one is 'runlocal'.")
+    raise ValueError(f'Unknown config argument(s) {unknown}; known: '
+                     f'{", ".join(known)}.')
+  if 'digits' in flags and len(flags) > 1:
+    raise ValueError(f"'digits' is a config of its own and takes no other "
+                     f'flags, got {sorted(flags)}.')
+  if 'imagenet' in flags and 'runlocal' not in flags:
+    raise ValueError("'imagenet' selects the data of a 'runlocal' smoke run "
+                     "(the full recipe already trains on ImageNet); use "
+                     "'runlocal,imagenet'.")
   return flags
 
 
 def split_variant(arg: Optional[str], variants: Sequence[str], default: str,
-                  family: str, flags: Sequence[str] = ('runlocal',)
+                  family: str, flags: Sequence[str] = RUNLOCAL_FLAGS
                   ) -> tuple[str, set[str]]:
   """(variant, flags) of a config string 'VARIANT,FLAG,...'.
 
   The variant word is optional (`default` when the string starts with a
-  flag or is empty), e.g. 'b3,runlocal', 'runlocal' or 'b3'.
+  flag or is empty), e.g. 'b3,runlocal', 'b3,runlocal,imagenet', 'runlocal'
+  or 'b3'. The flags are checked by `parse_arg`: 'runlocal' is the digits
+  smoke run, 'runlocal,imagenet' the ImageNet one.
 
   Raises:
     ValueError: an unknown variant or flag (the message lists the known
-      ones).
+      ones), or flags `parse_arg` refuses together.
   """
   words = [w.strip() for w in (arg or '').split(',') if w.strip()]
   variant = default
@@ -62,11 +110,7 @@ def split_variant(arg: Optional[str], variants: Sequence[str], default: str,
   if variant not in variants:
     raise ValueError(f'Unknown {family} variant {variant!r}; known: '
                      f'{", ".join(variants)}.')
-  unknown = sorted(set(words) - set(flags))
-  if unknown:
-    raise ValueError(f'Unknown config argument(s) {unknown}; known: '
-                     f'{", ".join(flags)}.')
-  return variant, set(words)
+  return variant, parse_arg(','.join(words), flags)
 
 
 def imagenet_config(model: str, arg: Optional[str] = None, *,
@@ -86,7 +130,8 @@ def imagenet_config(model: str, arg: Optional[str] = None, *,
 
   Args:
     model: a registered model name (`nfnets.models.list_models()`).
-    arg: config string; 'runlocal' gives a CPU-sized smoke test.
+    arg: config string (`parse_arg`): 'runlocal' gives a CPU-sized smoke
+      test on digits, 'runlocal,imagenet' one on ImageNet.
     num_epochs: training length.
     randaugment_layers: RandAugment ops per image (0: crop and flip only).
     mixup_alpha: MixUp Beta parameter (0: off).
@@ -118,7 +163,7 @@ def imagenet_config(model: str, arg: Optional[str] = None, *,
   config.optimizer.warmup_epochs = 5.0
 
   if 'runlocal' in flags:
-    runlocal(config)
+    runlocal(config, imagenet='imagenet' in flags)
   return config
 
 
@@ -141,7 +186,8 @@ def rmsprop_config(model: str, arg: Optional[str] = None, *,
 
   Args:
     model: a registered model name.
-    arg: config string; 'runlocal' gives a CPU-sized smoke test.
+    arg: config string (`parse_arg`): 'runlocal' gives a CPU-sized smoke
+      test on digits, 'runlocal,imagenet' one on ImageNet.
     randaugment_layers: RandAugment ops per image (0: crop and flip only),
       at the spec's magnitude or 10.
     **model_kwargs: constructor overrides beyond the registry's dropout.
@@ -164,8 +210,9 @@ def rmsprop_config(model: str, arg: Optional[str] = None, *,
   opt.decay_rate = 0.97
   opt.decay_epochs = 2.4
   config.training.ema_decay = 0.9999
-  if 'runlocal' in parse_arg(arg):
-    runlocal(config)
+  flags = parse_arg(arg)
+  if 'runlocal' in flags:
+    runlocal(config, imagenet='imagenet' in flags)
   return config
 
 
@@ -192,18 +239,31 @@ def rmsprop_digits_config(model: str, **model_kwargs
   return config
 
 
-def runlocal(config: ml_collections.ConfigDict) -> None:
-  """Shrinks a config in place to a smoke test for one CPU.
+def runlocal(config: ml_collections.ConfigDict, *,
+             imagenet: bool = False) -> None:
+  """Shrinks an ImageNet recipe in place to a smoke test for one CPU.
 
   Keeps the recipe's machinery (augmentation, mixing, EMA, AGC, schedule) and
-  the model family, but trains a 1/8-width model on the bundled digits data
-  at 32 px for 20 steps, so it needs neither ImageNet nor an accelerator.
+  the model family, but trains a 1/8-width model at 32 px for 20 steps of
+  16 images, in float32, evaluating at the end.
+
+  Args:
+    config: an `imagenet_config` / `rmsprop_config` recipe.
+    imagenet: False: train on the bundled digits, so the run needs neither
+      ImageNet nor an accelerator (about a minute). True: keep the tfds
+      ImageNet pipeline (decode, random crop, RandAugment, MixUp/CutMix as
+      the recipe has them) with one block per stage, evaluating on
+      `validation[:1%]` at the recipe's train/test resolution ratio; ImageNet
+      must be prepared in `config.data.data_dir`.
   """
-  dataset = data.default_config('digits')
-  for field in ('randaugment_layers', 'randaugment_magnitude', 'mixup_alpha',
-                'cutmix_alpha'):
-    dataset[field] = config.data[field]
-  config.data = dataset
+  if imagenet:
+    _smoke_imagenet(config)
+  else:
+    dataset = data.default_config('digits')
+    for field in ('randaugment_layers', 'randaugment_magnitude',
+                  'mixup_alpha', 'cutmix_alpha'):
+      dataset[field] = config.data[field]
+    config.data = dataset
   config.model.kwargs.width = 0.125
   config.training.batch_size = 16
   config.training.num_epochs = None
@@ -216,6 +276,23 @@ def runlocal(config: ml_collections.ConfigDict) -> None:
   config.checkpoint.every_steps = 10
 
 
+def _smoke_imagenet(config: ml_collections.ConfigDict) -> None:
+  """The data and depth of `runlocal(config, imagenet=True)`."""
+  spec = models.get_spec(config.model.name)
+  # One block per stage: real decoding, RandAugment and a 1000-class head
+  # make each step dearer than on digits, and XLA's CPU compile time grows
+  # with depth.
+  config.model.kwargs.depth = (1,) * len(spec.depth)
+  dc = config.data
+  eval_size = round(_SMOKE_IMAGE_SIZE * dc.eval_image_size / dc.image_size)
+  # Crop the same fraction of the eval image as at the recipe's resolution.
+  dc.crop_padding = max(1, round(dc.crop_padding * eval_size
+                                 / dc.eval_image_size))
+  dc.image_size, dc.eval_image_size = _SMOKE_IMAGE_SIZE, eval_size
+  dc.eval_split = _SMOKE_EVAL_SPLIT
+  dc.shuffle_buffer = _SMOKE_SHUFFLE_BUFFER
+
+
 def digits_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   """A small NFNet on scikit-learn's bundled digits (the default config).
 
@@ -224,9 +301,10 @@ def digits_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   (AGC + Nesterov SGD, warmup + cosine), label smoothing and EMA as the
   ImageNet recipe. At batch 64 the clipping threshold is looser than the
   paper's 0.01 at batch 4096 ([NFNet] sec. 4.1: smaller batches tolerate
-  larger thresholds). 'runlocal' shortens it to a few steps.
+  larger thresholds). 'runlocal' shortens it to a few steps; there is no
+  ImageNet form (use an ImageNet recipe's 'runlocal,imagenet').
   """
-  flags = parse_arg(arg)
+  flags = parse_arg(arg, known=('runlocal',))
   config = config_lib.base_config()
   config.model.name = 'nfnet_f0'
   config.model.kwargs = ml_collections.ConfigDict(dict(

@@ -7,6 +7,10 @@ NFNet-F0 at 1/8 width (about 1.1M parameters) on the digits upsampled to
   python -m nfnets.experiment --config=experiments/digits.py:runlocal \
       --workdir=/tmp/digits_smoke                             # 10 steps
 
+It has no `runlocal,imagenet` form, and refuses ImageNet-only data options
+such as `--config.data.data_dir`; the ImageNet recipes' `runlocal,imagenet`
+(e.g. `experiments/nfnet_f0.py:runlocal,imagenet`) is the ImageNet smoke run.
+
 Expected cost: a few minutes on 2 CPU cores, to >= 97% test top-1.
 """
 from typing import Optional

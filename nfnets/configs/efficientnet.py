@@ -4,11 +4,16 @@ r"""EfficientNet-B0 ... B7 on ImageNet with the paper's recipe, one file for all
       --workdir=DIR --config.data.data_dir=TFDS_DIR
   python -m nfnets.experiment --config=experiments/efficientnet_b0.py:runlocal \
       --workdir=/tmp/effnet_smoke     # 1/8 width, digits data, 20 steps, CPU
+  python -m nfnets.experiment \
+      --config=experiments/efficientnet_b0.py:runlocal,imagenet \
+      --workdir=/tmp/effnet_inet --config.data.data_dir=TFDS_DIR
+      # the same on the tfds ImageNet pipeline at 32 px, one block per stage
   python -m nfnets.experiment --config=nfnets/configs/efficientnet.py:b0,digits \
       --workdir=runs/effnet_digits    # 4 stages at 1/4 width on digits
 
 The variant is the config string's first word (`b0` ... `b7`, default b0;
-`nf_b0` is NF-EfficientNet-B0), then the flags `runlocal` or `digits`;
+`nf_b0` is NF-EfficientNet-B0), then the flags `runlocal` (digits smoke
+run), `runlocal,imagenet` (ImageNet smoke run) or `digits`;
 `experiments/efficientnet_bN.py` fix the variant. Per variant (the TF
 reference's compound scaling, [EfficientNet] sec. 3.3):
 
@@ -58,9 +63,9 @@ _RANDAUGMENT_LAYERS = 2
 
 def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   """The recipe of the variant named first in `arg` ('b0' by default)."""
-  variant, flags = common.split_variant(arg, list(_MODELS), 'b0',
-                                        'EfficientNet',
-                                        flags=('runlocal', 'digits'))
+  variant, flags = common.split_variant(
+      arg, list(_MODELS), 'b0', 'EfficientNet',
+      flags=(*common.RUNLOCAL_FLAGS, 'digits'))
   if 'digits' in flags:
     return common.rmsprop_digits_config(_MODELS[variant])
   return common.rmsprop_config(_MODELS[variant], ','.join(flags),

@@ -4,12 +4,17 @@ r"""MnasNet-A1, -B1 and B1's width variants on ImageNet with the paper's recipe.
       --workdir=DIR --config.data.data_dir=TFDS_DIR
   python -m nfnets.experiment --config=experiments/mnasnet_b1.py:runlocal \
       --workdir=/tmp/mnasnet_smoke    # 1/8 width, digits data, 20 steps, CPU
+  python -m nfnets.experiment \
+      --config=experiments/mnasnet_b1.py:runlocal,imagenet \
+      --workdir=/tmp/mnasnet_inet --config.data.data_dir=TFDS_DIR
+      # the same on the tfds ImageNet pipeline at 32 px, one block per stage
   python -m nfnets.experiment --config=nfnets/configs/mnasnet.py:b1,digits \
       --workdir=runs/mnasnet_digits   # 4 stages at 1/4 width on digits
 
 The variant is the config string's first word (`a1`, `b1`, `050`, `075`,
 `130` for B1 at widths 0.5, 0.75, 1.3, or `nf_b1` for NF-MnasNet-B1; default
-b1), then the flags `runlocal` or `digits`. All run at 224 px with dropout
+b1), then the flags `runlocal` (digits smoke run), `runlocal,imagenet`
+(ImageNet smoke run) or `digits`. All run at 224 px with dropout
 0.2; A1 has 3.89M parameters and B1 4.38M.
 
 Recipe ([MnasNet] sec. 5.1): batch 4096 for 350 epochs, TensorFlow's RMSProp
@@ -41,8 +46,9 @@ _MODELS = {**{v: f'mnasnet_{v}' for v in ('a1', 'b1', '050', '075', '130')},
 
 def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   """The recipe of the variant named first in `arg` ('b1' by default)."""
-  variant, flags = common.split_variant(arg, list(_MODELS), 'b1', 'MnasNet',
-                                        flags=('runlocal', 'digits'))
+  variant, flags = common.split_variant(
+      arg, list(_MODELS), 'b1', 'MnasNet',
+      flags=(*common.RUNLOCAL_FLAGS, 'digits'))
   if 'digits' in flags:
     return common.rmsprop_digits_config(_MODELS[variant])
   return common.rmsprop_config(_MODELS[variant], ','.join(flags),

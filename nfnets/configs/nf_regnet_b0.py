@@ -7,6 +7,10 @@ r"""NF-RegNet-B0 on ImageNet with the NFNet recipe at its own resolution.
       --workdir=DIR --config.data.data_dir=TFDS_DIR
   python -m nfnets.experiment --config=experiments/nf_regnet_b0.py:runlocal \
       --workdir=/tmp/nf_regnet_b0_smoke   # 1/8 width, digits, 20 steps, CPU
+  python -m nfnets.experiment \
+      --config=experiments/nf_regnet_b0.py:runlocal,imagenet \
+      --workdir=/tmp/nf_regnet_b0_inet --config.data.data_dir=TFDS_DIR
+      # the same on the tfds ImageNet pipeline at 32 px, one block per stage
 
 Recipe: batch 4096 for 360 epochs, LR 0.1 x B / 256 with 5 warmup epochs
 then cosine decay to 0, Nesterov 0.9, weight decay 2e-5, AGC 0.01

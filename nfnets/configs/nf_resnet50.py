@@ -6,6 +6,10 @@ r"""NF-ResNet-50 with AGC on ImageNet, as in the batch-size study of [NFNet].
       --workdir=DIR --config.data.data_dir=TFDS_DIR
   python -m nfnets.experiment --config=experiments/nf_resnet50.py:runlocal \
       --workdir=/tmp/nf_resnet50_smoke   # 1/8 width, digits, 20 steps, CPU
+  python -m nfnets.experiment \
+      --config=experiments/nf_resnet50.py:runlocal,imagenet \
+      --workdir=/tmp/nf_resnet50_inet --config.data.data_dir=TFDS_DIR
+      # the same on the tfds ImageNet pipeline at 32 px, one block per stage
 
 Recipe ([NFNet] sec. 4.1): batch 4096 for 90 epochs, LR 0.1 x B / 256 with
 5 warmup epochs then cosine decay to 0, Nesterov 0.9, weight decay 2e-5, AGC

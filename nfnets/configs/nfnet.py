@@ -4,10 +4,19 @@ r"""NFNet-F0 ... F7 on ImageNet with the paper's recipe, one file for all.
       --config.data.data_dir=TFDS_DIR
   python -m nfnets.experiment --config=experiments/nfnet_f1.py:runlocal \
       --workdir=/tmp/nfnet_f1_smoke   # 1/8 width, digits data, 20 steps, CPU
+  python -m nfnets.experiment \
+      --config=experiments/nfnet_f1.py:runlocal,imagenet \
+      --workdir=/tmp/nfnet_f1_inet --config.data.data_dir=TFDS_DIR
+      # the same on the tfds ImageNet pipeline at 32 px, one block per stage
 
 The variant is the config string's first word, e.g. `nfnet.py:f3` or
 `nfnet.py:f3,runlocal` (default f0; `f0_plus` ... `f7_plus` are the wider
-"+" models); `experiments/nfnet_fN.py` fix it. Per variant ([NFNet] Table 1):
+"+" models); `experiments/nfnet_fN.py` fix it. `runlocal` is a smoke run on
+the bundled digits (about a minute on a laptop CPU); `runlocal,imagenet`
+keeps the recipe's ImageNet pipeline (decode, random crop, RandAugment,
+MixUp/CutMix) at 32 px (eval at the recipe's train/test ratio: 43 px for F0)
+on `validation[:1%]`, for 20 steps of 16 images
+(`nfnets.configs.common.runlocal`). Per variant ([NFNet] Table 1):
 
 | variant | params | train / test px | RandAugment magnitude | dropout |
 |---|---|---|---|---|

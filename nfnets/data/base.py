@@ -36,6 +36,10 @@ class DatasetSpec:
     eval_crops: the eval geometries its pipeline implements.
     image_size: default train resolution (pixels per side).
     eval_image_size: default eval resolution (pixels per side).
+    source: 'tfds' (read through tensorflow-datasets from `data_dir`) or
+      'bundled' (ships inside a Python package; needs no download).
+    options: the fields of `DATASET_OPTIONS` its pipeline reads; the others
+      must keep their defaults (`validate`).
   """
   num_classes: int
   splits: dict[str, int]
@@ -48,6 +52,15 @@ class DatasetSpec:
   eval_crops: tuple[str, ...]
   image_size: int
   eval_image_size: int
+  source: str
+  options: tuple[str, ...]
+
+
+# Fields of `config.data` that only some pipelines read. A field the
+# configured data set does not read must keep its `default_config` value:
+# a value the pipeline would ignore is a mistake, not a setting.
+DATASET_OPTIONS = ('data_dir', 'crop_padding', 'shuffle_buffer', 'prefetch',
+                   'max_shift')
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -67,6 +80,10 @@ DATASETS: dict[str, DatasetSpec] = {
         eval_crops=('resize',),
         image_size=32,
         eval_image_size=32,
+        source='bundled',
+        # Held in memory and cut by index (no tf.data); eval is a plain
+        # resize, so crop_padding has nothing to pad.
+        options=('max_shift',),
     ),
     # ILSVRC-2012 through tensorflow-datasets; the usual torchvision/TF-slim
     # normalization constants, as used by the reference NFNet release.
@@ -82,6 +99,8 @@ DATASETS: dict[str, DatasetSpec] = {
         eval_crops=EVAL_CROPS,
         image_size=192,
         eval_image_size=256,
+        source='tfds',
+        options=('data_dir', 'crop_padding', 'shuffle_buffer', 'prefetch'),
     ),
 }
 
@@ -90,8 +109,11 @@ def default_config(dataset: str = 'digits') -> ml_collections.ConfigDict:
   """The `config.data` group with every field the pipelines read.
 
   Fields left as typed placeholders (None) take the data set's own default
-  from `DATASETS`, so `--config.data.dataset=imagenet2012` alone switches
-  splits and eval geometry consistently.
+  from `DATASETS`, so `--config.data.dataset=imagenet2012` switches splits
+  and eval geometry consistently. The fields of `DATASET_OPTIONS` are read
+  by some data sets only (`DatasetSpec.options`); `validate` refuses a value
+  other than this function's on a data set that would ignore it (so a
+  digits config switched to ImageNet also needs `max_shift=0`).
 
   Args:
     dataset: a key of `DATASETS`; sets the default image sizes.
@@ -102,7 +124,8 @@ def default_config(dataset: str = 'digits') -> ml_collections.ConfigDict:
   spec = get_spec(dataset)
   return ml_collections.ConfigDict(dict(
       dataset=dataset,
-      # tfds data directory (None: tfds' default, ~/tensorflow_datasets).
+      # tfds data sets only: the tfds data directory (None: tfds' default,
+      # ~/tensorflow_datasets).
       data_dir=config_dict.placeholder(str),
       train_split=config_dict.placeholder(str),
       eval_split=config_dict.placeholder(str),
@@ -117,11 +140,13 @@ def default_config(dataset: str = 'digits') -> ml_collections.ConfigDict:
       # eval_image_size / (eval_image_size + crop_padding) of the shorter
       # side, then resize). None: the data set's default.
       eval_crop=config_dict.placeholder(str),
+      # tfds data sets only (digits are evaluated with a plain resize).
       crop_padding=32,
       # Digits only: random translation by up to this many pixels (at
       # image_size resolution) per example; 0 disables it. ImageNet uses the
-      # inception-style random crop and a horizontal flip instead.
-      max_shift=2,
+      # inception-style random crop and a horizontal flip instead, so its
+      # default is 0 (off).
+      max_shift=2 if 'max_shift' in spec.options else 0,
       # RandAugment: number of ops per image (0 disables) and magnitude on
       # the AutoAugment scale where 10 is each op's nominal maximum. Digits
       # runs the same TF ops eagerly per batch (imports TensorFlow).
@@ -131,9 +156,9 @@ def default_config(dataset: str = 'digits') -> ml_collections.ConfigDict:
       # applied to the first half of each batch and MixUp to the second.
       mixup_alpha=0.0,
       cutmix_alpha=0.0,
-      # tf.data pipelines: encoded examples held in the shuffle buffer per
-      # process (ImageNet JPEGs average ~110 KB, so 10k is ~1 GB of host
-      # memory), and batches prepared ahead of the training loop.
+      # tfds data sets only (tf.data): encoded examples held in the shuffle
+      # buffer per process (ImageNet JPEGs average ~110 KB, so 10k is ~1 GB
+      # of host memory), and batches prepared ahead of the training loop.
       shuffle_buffer=10_000,
       prefetch=2,
   ))
@@ -179,9 +204,12 @@ def _split_base(split: str) -> str:
 def validate(data_config: ml_collections.ConfigDict) -> None:
   """Raises ValueError on a config the pipelines cannot run.
 
-  Cheap (no data is read), so the runner calls it before any compute.
+  Cheap (no data is read), so the runner calls it before any compute. A
+  field of `DATASET_OPTIONS` that the data set does not read must keep its
+  default: e.g. `data_dir` set for 'digits' is an error, not a no-op.
   """
   spec = get_spec(data_config.dataset)
+  _check_options(data_config)
   for split in (train_split(data_config), eval_split(data_config)):
     if _split_base(split) not in spec.splits:
       raise ValueError(
@@ -204,6 +232,31 @@ def validate(data_config: ml_collections.ConfigDict) -> None:
   if data_config.num_classes is not None and data_config.num_classes < 1:
     raise ValueError(f'data.num_classes must be positive, got '
                      f'{data_config.num_classes}.')
+
+
+def _check_options(data_config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError for a changed field the configured data set ignores."""
+  dataset = data_config.dataset
+  spec = get_spec(dataset)
+  defaults = default_config(dataset)
+  for field in DATASET_OPTIONS:
+    value = data_config[field]
+    if field in spec.options or value == defaults[field]:
+      continue
+    readers = [name for name, s in DATASETS.items() if field in s.options]
+    tfds_only = all(DATASETS[name].source == 'tfds' for name in readers)
+    who = (f'tfds data sets ({", ".join(readers)})' if tfds_only
+           else ', '.join(map(repr, readers)))
+    keep = ('leave it unset' if defaults[field] is None
+            else f'use its default ({defaults[field]!r})')
+    hint = ''
+    if tfds_only and spec.source != 'tfds':
+      hint = (", or for an ImageNet smoke run use an ImageNet recipe's "
+              "'runlocal,imagenet' form (e.g. "
+              '--config=experiments/nfnet_f0.py:runlocal,imagenet)')
+    raise ValueError(
+        f'data.{field} is only read by {who}; this config uses {dataset!r}, '
+        f'which would ignore data.{field}={value!r}: {keep}{hint}.')
 
 
 def mean_std(data_config: ml_collections.ConfigDict

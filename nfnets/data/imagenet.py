@@ -77,10 +77,24 @@ def _read(builder: tfds.core.DatasetBuilder, split, *,
 
 
 def check_available(data_config: ml_collections.ConfigDict) -> None:
-  """Raises `DataNotPreparedError` (with the prepare command) if the train
-  or eval split cannot be read; opening them reads no records."""
+  """Raises a `nfnets.errors.UserError` if a configured split is unusable.
+
+  `DataNotPreparedError` (with the prepare command) if the train or eval
+  split cannot be read; `errors.InputError` if one holds no examples, e.g. a
+  percent slice of a small prepared subset. Sizes come from the prepared
+  metadata, so no record is read.
+  """
   builder = _builder(data_config)
-  for split in (base.train_split(data_config), base.eval_split(data_config)):
+  for kind, split in (('train', base.train_split(data_config)),
+                      ('eval', base.eval_split(data_config))):
+    whole = split.split('[', 1)[0]
+    _read(builder, whole)
+    # tfds refuses to open an empty slice with a bare ValueError.
+    if num_examples(data_config, split) == 0:
+      raise errors.InputError(
+          f'The {kind} split {split!r} of {builder.name} holds no examples '
+          f'(the prepared {whole!r} has {num_examples(data_config, whole)}); '
+          f'choose another with --config.data.{kind}_split, e.g. {whole}.')
     _read(builder, split)
 
 
