@@ -254,7 +254,8 @@ def runlocal(config: ml_collections.ConfigDict, *,
       ImageNet pipeline (decode, random crop, RandAugment, MixUp/CutMix as
       the recipe has them) with one block per stage, evaluating on
       `validation[:1%]` at the recipe's train/test resolution ratio; ImageNet
-      must be prepared in `config.data.data_dir`.
+      must be prepared in `config.data.data_dir`. NFNet-F0's took 63 s on 2
+      busy CPU cores, 45 s of it starting up and compiling.
   """
   if imagenet:
     _smoke_imagenet(config)

@@ -16,7 +16,8 @@ the bundled digits (about a minute on a laptop CPU); `runlocal,imagenet`
 keeps the recipe's ImageNet pipeline (decode, random crop, RandAugment,
 MixUp/CutMix) at 32 px (eval at the recipe's train/test ratio: 43 px for F0)
 on `validation[:1%]`, for 20 steps of 16 images
-(`nfnets.configs.common.runlocal`). Per variant ([NFNet] Table 1):
+(`nfnets.configs.common.runlocal`): about a minute on 2 CPU cores, most of
+it starting up and compiling. Per variant ([NFNet] Table 1):
 
 | variant | params | train / test px | RandAugment magnitude | dropout |
 |---|---|---|---|---|
