@@ -15,7 +15,8 @@ import jax.numpy as jnp
 from nfnets import layers
 
 ConvFactory = Callable[..., hk.Module]
-Block = Callable[..., tuple[jax.Array, jax.Array]]
+# (output, residual branch[, {name: attention mask}]), see `ResidualNet`.
+Block = Callable[..., tuple]
 
 
 def stage_layout(
@@ -131,15 +132,19 @@ class Activations:
       the skip gain and alpha (what signal propagation plots call the
       residual branch), same shapes as `blocks`.
     pooled: globally pooled features before dropout and the classifier [N, D].
+    masks: attention masks by name, e.g. 'stage1/attention0/mask'
+      [N, H, W, C], from blocks that return them (empty for the families
+      without attention).
   """
   stem: Optional[jax.Array] = None
   blocks: list[jax.Array] = dataclasses.field(default_factory=list)
   branches: list[jax.Array] = dataclasses.field(default_factory=list)
   pooled: Optional[jax.Array] = None
+  masks: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
 
 
 jax.tree_util.register_dataclass(
-    Activations, data_fields=['stem', 'blocks', 'branches', 'pooled'],
+    Activations, data_fields=['stem', 'blocks', 'branches', 'pooled', 'masks'],
     meta_fields=[])
 
 
@@ -244,8 +249,9 @@ class ResidualNet(hk.Module):
   The forward pass shared by every family. A subclass builds, in its
   `__init__` and in the order its parameter names depend on, the modules its
   `stem` and `head_features` use, `self.blocks` (each called as
-  block(x, is_training) -> (output, residual branch)) and the classifier
-  `self.fc`.
+  block(x, is_training) -> (output, residual branch), or (output, residual
+  branch, {name: attention mask}) for `Activations.masks`) and the
+  classifier `self.fc`.
   """
 
   blocks: list[Block]
@@ -317,11 +323,13 @@ class ResidualNet(hk.Module):
     out = self.stem(x, is_training)
     acts.stem = out
     for block in self.blocks:
-      out, branch = layers.maybe_remat(block, self.remat,
-                                       is_training=is_training)(out)
+      out, branch, *masks = layers.maybe_remat(block, self.remat,
+                                               is_training=is_training)(out)
       if return_activations:
         acts.blocks.append(out)
         acts.branches.append(branch)
+        for named in masks:
+          acts.masks.update(named)
     pooled = jnp.mean(self.head_features(out, is_training), axis=(1, 2))
     acts.pooled = pooled  # [N, D]
     if is_training and self.drop_rate > 0.0:
