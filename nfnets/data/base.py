@@ -152,8 +152,9 @@ def default_config(dataset: str = 'digits') -> ml_collections.ConfigDict:
       # runs the same TF ops eagerly per batch (imports TensorFlow).
       randaugment_layers=0,
       randaugment_magnitude=10.0,
-      # Beta(alpha, alpha) parameters; 0 disables. With both on, CutMix is
-      # applied to the first half of each batch and MixUp to the second.
+      # Beta(alpha, alpha) parameters; 0 disables. With both on, ImageNet
+      # CutMixes the first half of each batch and MixUps the second; digits
+      # mixes stream positions in pairs (2k, 2k + 1), CutMix for even k.
       mixup_alpha=0.0,
       cutmix_alpha=0.0,
       # tfds data sets only (tf.data): encoded examples held in the shuffle
