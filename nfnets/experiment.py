@@ -1,19 +1,25 @@
 r"""Command line of the runner: flags in, `nfnets.train.train_and_evaluate`.
 
-  python -m nfnets.experiment --workdir=runs/digits      # nfnets/configs/digits.py
-  python -m nfnets.experiment --config=experiments/nfnet_f1.py --workdir=DIR \
+  python -m nfnets.experiment --workdir=runs/digits      # the digits config
+  python -m nfnets.experiment --config=nfnet_f1 --workdir=DIR \
       --config.training.batch_size=1024
+  python -m nfnets.experiment --config=nfnet_f0:runlocal --workdir=/tmp/f0
+  python -m nfnets.experiment --config=experiments/nfnet_f1.py --workdir=DIR
 
-A run resumes from the work directory's newest checkpoint. Multi-host runs
-pass --num_processes, --process_id and --coordinator_address (or set
+--config takes a recipe shipped with the package by name (NAME[:ARG]: the
+names are listed under --config in --help) or a config file by path
+(PATH.py[:ARG]); --config.a.b=value overrides any field of either. A run
+resumes from the work directory's newest checkpoint. Multi-host runs pass
+--num_processes, --process_id and --coordinator_address (or set
 $JAX_NUM_PROCESSES, $JAX_PROCESS_ID, $JAX_COORDINATOR_ADDRESS) on every host.
+JAX's own flags (--jax_log_compiles, --jax_platforms=cpu, ...) are listed by
+--helpfull; --verbosity=1 shows the libraries' log lines.
 """
 from __future__ import annotations
 
 import ast
 import json
 import os
-import pathlib
 import sys
 from typing import Any, Optional, Sequence
 
@@ -21,14 +27,10 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-from ml_collections import config_flags
 
 from nfnets import train
 from nfnets.cli import common
-
-DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent / 'configs' / 'digits.py'
-
-
+from nfnets.cli import config_flag
 
 _KWARGS_PREFIX = '--config.model.kwargs.'
 
@@ -54,15 +56,10 @@ def take_model_kwargs(argv: list[str]) -> dict[str, Any]:
 
 
 def define_flags() -> dict[str, Any]:
-  """Defines the runner's flags (loading the config file named by --config)."""
+  """Defines the runner's flags (loading the config --config names)."""
   return {
       'model_kwargs': take_model_kwargs(sys.argv),
-      'config': config_flags.DEFINE_config_file(
-          'config', default=str(DEFAULT_CONFIG),
-          help_string='Config file, e.g. experiments/nfnet_f1.py (add '
-          ':runlocal to shrink it to a CPU smoke test); fields are '
-          'overridden with --config.training.batch_size=256 etc.',
-          lock_config=True),
+      'config': config_flag.define('config'),
       'workdir': flags.DEFINE_string(
           'workdir', None, 'Work directory: config, logs and checkpoints. A '
           'run resumes from the newest checkpoint found here.'),

@@ -31,7 +31,8 @@ ALLOWED = {
     'configs': {'models', 'data', 'train'},
     'evaluate': {'errors', 'layers', 'models', 'data', 'pretrained', 'train'},
     'spp': {'errors', 'models'},
-    'cli': {'errors', 'evaluate', 'spp', 'pretrained', 'train', 'configs'},
+    'cli': {'errors', 'evaluate', 'spp', 'pretrained', 'train', 'configs',
+            'models'},
     'experiment': {'cli', 'errors', 'train', 'configs'},
     '__init__': set(),
 }
