@@ -21,35 +21,94 @@ import resource
 import statistics
 import sys
 import time
+import types
 from typing import Any, Callable, Optional, Sequence
 
+from absl import app
+from absl import flags
 import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nfnets import errors
 from nfnets import layers
 from nfnets import models
+from nfnets.cli import common as cli_common
+
+# Flags defined through `definer` belong to the script that calls it, so
+# that its --help lists them.
+flags.disclaim_key_flags()
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            'results')
 
 
-def report_user_errors(fn: Callable[[], Any]) -> None:
-  """Runs a benchmark's entry point the way the package's command lines do.
+def _absl_spelling(argv: Sequence[str], names: set[str]) -> list[str]:
+  """`argv` with dashed flag names (`--image-size`, `--no-agc`) underscored.
 
-  A `nfnets.errors.UserError` (an unknown model, a bad override) prints one
-  `error:` line to stderr and exits with status 1; `--traceback` anywhere on
-  the command line shows the traceback instead. Other errors keep theirs.
+  absl names flags with underscores; the scripts' earlier argparse
+  spellings, still in scripts and notes, keep working.
   """
-  try:
-    fn()
-  except errors.UserError as e:
-    if '--traceback' in sys.argv:
-      raise
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+  out = []
+  for arg in argv:
+    if arg == '--':
+      out.extend(argv[len(out):])
+      break
+    name, equals, value = arg[2:].partition('=')
+    underscored = name.replace('-', '_')
+    if arg.startswith('--') and underscored != name and underscored in names:
+      arg = f'--{underscored}{equals}{value}'
+    out.append(arg)
+  return out
+
+
+def definer(flag_values: flags.FlagValues) -> Callable[..., None]:
+  """`define(kind, name, default, help, **kwargs)`: absl's `DEFINE_<kind>`
+  (string, integer, float, bool, enum) into `flag_values`."""
+  def define(kind: str, name: str, default: Any, help_string: str,
+             **kwargs) -> None:
+    getattr(flags, f'DEFINE_{kind}')(name, default, help=help_string,
+                                     flag_values=flag_values, **kwargs)
+  return define
+
+
+def parse_flags(define: Callable[[flags.FlagValues], None],
+                argv: Sequence[str]) -> types.SimpleNamespace:
+  """The flags `define` defines, parsed from `argv` (no program name).
+
+  For calling a script from Python: fresh `FlagValues`, so nothing is left
+  defined, and a bad flag raises `absl.flags.Error`.
+  """
+  values = flags.FlagValues()
+  define(values)
+  rest = values(['benchmark', *_absl_spelling(argv, set(values))])
+  if len(rest) > 1:
+    raise flags.Error(f'Unexpected arguments: {rest[1:]}')
+  return types.SimpleNamespace(**{name: values[name].value
+                                  for name in sorted(values)})
+
+
+def run_command_line(define: Callable[[flags.FlagValues], None],
+                     main: Callable[[types.SimpleNamespace], Any]) -> None:
+  """Runs a script's `main(args)` the way the package's command lines run.
+
+  absl flags (`--image_size=128`, `--image-size 128` and `--no_agc` /
+  `--no-agc` alike), JAX's `--jax_*` flags, `--helpfull`, quiet library
+  logs, and a `nfnets.errors.UserError` (an unknown model, a bad override)
+  as one `error:` line with exit status 1 (`--traceback` shows the
+  traceback); see `nfnets.cli.common.run`.
+  """
+  before = set(flags.FLAGS)
+  define(flags.FLAGS)
+  names = set(flags.FLAGS) - before
+
+  def absl_main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+      raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    main(types.SimpleNamespace(**{name: flags.FLAGS[name].value
+                                  for name in sorted(names)}))
+
+  cli_common.run(absl_main, argv=_absl_spelling(sys.argv[1:], names))
 
 
 def set_host_device_count(argv: Sequence[str]) -> None:

@@ -18,19 +18,22 @@ test accuracy at the end. It prints a table and writes
       --lrs 0.1,0.4,1.6 --clipping 0.01
 
 Learning rates are peak values; the paper's rule 0.1 * batch / 256 gives 0.4
-at batch 1024. A diverged run stops at its first non-finite loss.
+at batch 1024. A diverged run stops at its first non-finite loss. Flags are
+absl's (`--helpfull` lists them with JAX's `--jax_*` flags); the dashed
+spellings `--batch-size 1024` work too.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import math
 import os
 import sys
 import time
+import types
 from typing import Any, Sequence
 
+from absl import flags
 import haiku as hk
 import jax
 import ml_collections
@@ -55,30 +58,31 @@ RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            'results')
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--model', default='nf_resnet50')
-  parser.add_argument('--width', type=float, default=0.125,
-                      help='channel multiplier of the model')
-  parser.add_argument('--image-size', type=int, default=16)
-  parser.add_argument('--batch-size', type=int, default=1024)
-  parser.add_argument('--steps', type=int, default=100)
-  parser.add_argument('--warmup-steps', type=int, default=10)
-  parser.add_argument('--lrs', default='0.1,0.4,1.6,6.4',
-                      help='comma-separated peak learning rates')
-  parser.add_argument('--clipping', type=float, default=0.01,
-                      help='AGC threshold lambda of the AGC arm')
-  parser.add_argument('--blowup', type=float, default=10.0,
-                      help='a loss above this times the initial one counts '
-                           'as divergence')
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--out', default=os.path.join(RESULTS_DIR,
-                                                    'agc_stability'),
-                      help='output path without extension (.json, .png)')
-  return parser.parse_args(argv)
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """Defines this script's flags in `flag_values`."""
+  define = _common.definer(flag_values)
+  define('string', 'model', 'nf_resnet50', 'Registered model name.')
+  define('float', 'width', 0.125, 'Channel multiplier of the model.')
+  define('integer', 'image_size', 16, 'Digits upsampled to this many pixels.')
+  define('integer', 'batch_size', 1024, 'Batch size of both arms.')
+  define('integer', 'steps', 100, 'Training steps per run.')
+  define('integer', 'warmup_steps', 10, 'Linear warmup steps.')
+  define('string', 'lrs', '0.1,0.4,1.6,6.4',
+         'Comma-separated peak learning rates.')
+  define('float', 'clipping', 0.01, 'AGC threshold lambda of the AGC arm.')
+  define('float', 'blowup', 10.0, 'A loss above this times the initial one '
+         'counts as divergence.')
+  define('integer', 'seed', 0, 'Seed of initialization and batches.')
+  define('string', 'out', os.path.join(RESULTS_DIR, 'agc_stability'),
+         'Output path without extension (.json, .png).')
 
 
-def make_train_step(args: argparse.Namespace, clipping: float,
+def parse_args(argv: Sequence[str]) -> types.SimpleNamespace:
+  """The flags' values from `argv` (no program name), for callers in Python."""
+  return _common.parse_flags(define_flags, argv)
+
+
+def make_train_step(args: types.SimpleNamespace, clipping: float,
                     forward: hk.TransformedWithState,
                     data_config: ml_collections.ConfigDict):
   """(optimizer, jitted runner step) of one arm, for every learning rate.
@@ -122,7 +126,7 @@ def accuracy(forward: hk.TransformedWithState, params: Any, state: Any,
   return correct / total
 
 
-def unit_peak_optimizer(args: argparse.Namespace, clipping: float
+def unit_peak_optimizer(args: types.SimpleNamespace, clipping: float
                         ) -> optax.GradientTransformation:
   """The NFNet optimizer (AGC off when clipping is 0), peaking at lr 1."""
   config = train_optimizer.default_config()
@@ -135,7 +139,7 @@ def unit_peak_optimizer(args: argparse.Namespace, clipping: float
                                      warmup_steps=args.warmup_steps)
 
 
-def run(args: argparse.Namespace, lr: float, clipping: float,
+def run(args: types.SimpleNamespace, lr: float, clipping: float,
         optimizer: optax.GradientTransformation, step: Any,
         init: tuple[Any, Any], forward: hk.TransformedWithState,
         data_config: Any) -> dict[str, Any]:
@@ -182,7 +186,7 @@ def run(args: argparse.Namespace, lr: float, clipping: float,
   }
 
 
-def plot(results: Sequence[dict[str, Any]], args: argparse.Namespace,
+def plot(results: Sequence[dict[str, Any]], args: types.SimpleNamespace,
          path: str) -> None:
   """Loss curves, one panel per learning rate, AGC vs none."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -215,8 +219,8 @@ def plot(results: Sequence[dict[str, Any]], args: argparse.Namespace,
   plt.close(fig)
 
 
-def main(argv: Sequence[str]) -> None:
-  args = parse_args(argv)
+def main(args: types.SimpleNamespace) -> None:
+  """Trains both arms at every learning rate; prints and writes the results."""
   lrs = [float(x) for x in args.lrs.split(',') if x]
   data_config = data.default_config('digits')
   data_config.image_size = args.image_size
@@ -263,4 +267,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == '__main__':
   host.reexec_with_huge_pages()
-  _common.report_user_errors(lambda: main(sys.argv[1:]))
+  _common.run_command_line(define_flags, main)

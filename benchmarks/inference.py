@@ -13,10 +13,11 @@ A spec with `@prestandardized` runs on parameters exported once by
 how evaluation should run; `@plain` is the same network with unstandardized
 convolutions, the floor that pre-standardized inference should reach.
 `--compare` times configurations interleaved batch by batch and prints ratios.
+Flags are absl's (`--helpfull` lists them with JAX's `--jax_*` flags); the
+dashed spellings `--image-size 160`, `--no-save` work too.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import sys
@@ -34,8 +35,10 @@ if __name__ == '__main__':
 
 # pylint: disable=g-import-not-at-top,g-bad-import-order
 import time
-from typing import Any
+import types
+from typing import Any, Sequence
 
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,7 +50,7 @@ from nfnets import layers
 class _Runner:
   """One eval configuration: initialised, compiled, and callable."""
 
-  def __init__(self, spec: str, args: argparse.Namespace):
+  def __init__(self, spec: str, args: types.SimpleNamespace):
     self.spec, self.args = spec, args
     base_spec = spec.partition('@')[0]
     prestandardized = spec.endswith('@prestandardized')
@@ -108,7 +111,7 @@ class _Runner:
     return rec
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+def run(args: types.SimpleNamespace) -> list[dict[str, Any]]:
   """Runs every configuration in `args`; returns (and saves) the records."""
   specs = [s for s in args.model.split(',') if s]
   if args.compare:
@@ -151,26 +154,30 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
   return records
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--model', default='nfnet_f0',
-                 help='comma-separated model specs')
-  p.add_argument('--compare', default='',
-                 help='a model spec timed interleaved with each --model')
-  p.add_argument('--batch', type=int, default=8)
-  p.add_argument('--image-size', type=int, default=None,
-                 help="default: the model's test_imsize (224 for bn_resnet50)")
-  p.add_argument('--dtype', default='float32',
-                 choices=('float32', 'bfloat16'))
-  p.add_argument('--devices', type=int, default=1)
-  p.add_argument('--width', type=float, default=None)
-  p.add_argument('--num-classes', type=int, default=1000)
-  p.add_argument('--steps', type=int, default=10)
-  p.add_argument('--warmup', type=int, default=2)
-  p.add_argument('--results',
-                 default=os.path.join(_common.RESULTS_DIR, 'inference.jsonl'))
-  p.add_argument('--no-save', action='store_true')
-  args = p.parse_args(argv)
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """Defines this script's flags in `flag_values`."""
+  define = _common.definer(flag_values)
+  define('string', 'model', 'nfnet_f0', 'Comma-separated model specs.')
+  define('string', 'compare', '',
+         'A model spec timed interleaved with each --model.')
+  define('integer', 'batch', 8, 'Global batch size.')
+  define('integer', 'image_size', None,
+         "Default: the first model's test_imsize (224 for bn_resnet50).")
+  define('enum', 'dtype', 'float32', 'Compute dtype of the parameters.',
+         enum_values=['float32', 'bfloat16'])
+  define('integer', 'devices', 1, 'Devices to shard the batch over.')
+  define('float', 'width', None, 'Width multiplier override (NF models).')
+  define('integer', 'num_classes', 1000, 'Classifier outputs.')
+  define('integer', 'steps', 10, 'Timed batches per configuration.')
+  define('integer', 'warmup', 2, 'Untimed batches per configuration first.')
+  define('string', 'results',
+         os.path.join(_common.RESULTS_DIR, 'inference.jsonl'),
+         'JSON lines file the records are appended to.')
+  define('bool', 'no_save', False, 'Do not append the records.')
+
+
+def finish_args(args: types.SimpleNamespace) -> types.SimpleNamespace:
+  """Fills in what defaults to the model's own values (--image_size)."""
   if args.image_size is None:
     name = args.model.split(',')[0].partition('@')[0]
     args.image_size = (224 if name == 'bn_resnet50' else
@@ -178,5 +185,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   return args
 
 
+def parse_args(argv: Sequence[str]) -> types.SimpleNamespace:
+  """The flags' values from `argv` (no program name), for callers in Python."""
+  return finish_args(_common.parse_flags(define_flags, argv))
+
+
 if __name__ == '__main__':
-  _common.report_user_errors(lambda: run(parse_args()))
+  _common.run_command_line(define_flags, lambda args: run(finish_args(args)))

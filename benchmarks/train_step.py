@@ -20,14 +20,16 @@ suffix; `bn_resnet50` is the BatchNorm baseline (see `_common`).
 The step is the runner's own (`nfnets.train.step.make_train_step`) on the
 ImageNet recipe's config: label-smoothed cross-entropy, AGC (0.01, classifier
 exempt), weight decay 2e-5, Nesterov SGD, the EMA of the weights, the train
-state donated, no host round trip inside the step. `--no-agc`,
-`--no-weight-decay`, `--no-ema` and `--no-label-smoothing` switch parts off
+state donated, no host round trip inside the step. `--no_agc`,
+`--no_weight_decay`, `--no_ema` and `--no_label_smoothing` switch parts off
 for comparisons; each record lists the parts that were on. `--dtype bfloat16`
 computes in bfloat16 with float32 master weights, as the runner does.
+
+Flags are absl's (`--helpfull` lists them with JAX's `--jax_*` flags); the
+dashed spellings `--image-size 128`, `--no-agc` work too.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import subprocess
@@ -48,8 +50,10 @@ if __name__ == '__main__':
 import functools
 import statistics
 import time
-from typing import Any, Optional
+import types
+from typing import Any, Optional, Sequence
 
+from absl import flags
 import jax
 import ml_collections
 
@@ -65,7 +69,7 @@ _SCHEDULE_STEPS = 100_000
 STEP_PARTS = ('agc', 'weight_decay', 'ema', 'label_smoothing')
 
 
-def step_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
+def step_config(args: types.SimpleNamespace) -> ml_collections.ConfigDict:
   """The runner's config for the benchmarked step, parts switched per `args`.
 
   The ImageNet recipe (`nfnets.train.config.base_config`) at the benchmark's
@@ -99,7 +103,8 @@ def step_parts(config: ml_collections.ConfigDict) -> dict[str, bool]:
 class _Runner:
   """One configuration: initialised, compiled, and steppable."""
 
-  def __init__(self, spec: str, args: argparse.Namespace, remat: bool = False):
+  def __init__(self, spec: str, args: types.SimpleNamespace,
+               remat: bool = False):
     self.spec = spec
     self.args = args
     self.remat = remat
@@ -177,7 +182,7 @@ def _git_commit() -> Optional[str]:
     return None
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+def run(args: types.SimpleNamespace) -> list[dict[str, Any]]:
   """Runs every configuration in `args`; returns (and saves) the records."""
   specs = [s for s in args.model.split(',') if s]
   configs = [(s, False) for s in specs]
@@ -239,34 +244,36 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
   return records
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--model', default='nfnet_f0',
-                 help='comma-separated model specs')
-  p.add_argument('--compare', default='',
-                 help='a model spec timed interleaved with each --model')
-  p.add_argument('--batch', type=int, default=4, help='global batch size')
-  p.add_argument('--image-size', type=int, default=None,
-                 help="default: the model's train_imsize (224 for bn_resnet50)")
-  p.add_argument('--dtype', default='float32',
-                 choices=('float32', 'bfloat16'))
-  p.add_argument('--devices', type=int, default=1)
-  p.add_argument('--width', type=float, default=None,
-                 help='width multiplier override (NF models)')
-  p.add_argument('--num-classes', type=int, default=1000)
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """Defines this script's flags in `flag_values`."""
+  define = _common.definer(flag_values)
+  define('string', 'model', 'nfnet_f0', 'Comma-separated model specs.')
+  define('string', 'compare', '',
+         'A model spec timed interleaved with each --model.')
+  define('integer', 'batch', 4, 'Global batch size.')
+  define('integer', 'image_size', None,
+         "Default: the first model's train_imsize (224 for bn_resnet50).")
+  define('enum', 'dtype', 'float32', 'Compute dtype.',
+         enum_values=['float32', 'bfloat16'])
+  define('integer', 'devices', 1, 'Devices to shard the batch over.')
+  define('float', 'width', None, 'Width multiplier override (NF models).')
+  define('integer', 'num_classes', 1000, 'Classifier outputs.')
   for part in STEP_PARTS:
-    p.add_argument(f'--no-{part.replace("_", "-")}', action='store_true',
-                   help=f'switch the step\'s {part.replace("_", " ")} off')
-  p.add_argument('--steps', type=int, default=5)
-  p.add_argument('--warmup', type=int, default=1)
-  p.add_argument('--remat', action='store_true',
-                 help='rematerialize each residual block')
-  p.add_argument('--remat-compare', action='store_true',
-                 help='run each model with and without remat')
-  p.add_argument('--results',
-                 default=os.path.join(_common.RESULTS_DIR, 'train_step.jsonl'))
-  p.add_argument('--no-save', action='store_true')
-  args = p.parse_args(argv)
+    define('bool', f'no_{part}', False,
+           f"Switch the step's {part.replace('_', ' ')} off.")
+  define('integer', 'steps', 5, 'Timed steps per configuration.')
+  define('integer', 'warmup', 1, 'Untimed steps per configuration first.')
+  define('bool', 'remat', False, 'Rematerialize each residual block.')
+  define('bool', 'remat_compare', False,
+         'Run each model with and without remat.')
+  define('string', 'results',
+         os.path.join(_common.RESULTS_DIR, 'train_step.jsonl'),
+         'JSON lines file the records are appended to.')
+  define('bool', 'no_save', False, 'Do not append the records.')
+
+
+def finish_args(args: types.SimpleNamespace) -> types.SimpleNamespace:
+  """Fills in what defaults to the model's own values (--image_size)."""
   if args.image_size is None:
     name = args.model.split(',')[0].partition('@')[0]
     args.image_size = (224 if name == 'bn_resnet50' else
@@ -274,5 +281,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   return args
 
 
+def parse_args(argv: Sequence[str]) -> types.SimpleNamespace:
+  """The flags' values from `argv` (no program name), for callers in Python."""
+  return finish_args(_common.parse_flags(define_flags, argv))
+
+
 if __name__ == '__main__':
-  _common.report_user_errors(lambda: run(parse_args()))
+  _common.run_command_line(define_flags, lambda args: run(finish_args(args)))

@@ -12,8 +12,9 @@ threads or memory share a process with the other's: in one process, XLA's
 steps ran 15-40% slower after PyTorch's had run. With `--block` above 1 the
 first step of each turn is not timed. The script prints the medians and their
 ratio and appends one JSON line to `benchmarks/results/vs_pytorch.jsonl`.
+Flags are absl's (`--helpfull` lists them with JAX's `--jax_*` flags); the
+dashed spellings `--image-size 192`, `--no-save` work too.
 """
-import argparse
 import datetime
 import importlib.util
 import json
@@ -22,7 +23,10 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+import types
+from typing import Any, Callable, Sequence
+
+from absl import flags
 
 from benchmarks import _common
 from benchmarks import train_step
@@ -76,11 +80,10 @@ def _require_torch() -> None:
 def _jax_step(batch: int, image_size: int) -> Callable[[], None]:
   return train_step._Runner(  # pylint: disable=protected-access
       'nfnet_f0', train_step.parse_args(
-          ['--batch', str(batch), '--image-size', str(image_size),
-           '--no-save']))
+          [f'--batch={batch}', f'--image_size={image_size}', '--no_save']))
 
 
-def _worker(args: argparse.Namespace) -> None:
+def _worker(args: types.SimpleNamespace) -> None:
   """Builds one framework's step, then runs it once per 'step' line on stdin
   and answers each with its seconds on stdout."""
   # The protocol owns stdout; anything the libraries print goes to stderr.
@@ -103,12 +106,12 @@ def _worker(args: argparse.Namespace) -> None:
 class _Worker:
   """A worker process and the pipe to it."""
 
-  def __init__(self, framework: str, args: argparse.Namespace):
+  def __init__(self, framework: str, args: types.SimpleNamespace):
     self.framework = framework
     self.proc = subprocess.Popen(
         [sys.executable, '-m', 'benchmarks.vs_pytorch', '--worker', framework,
-         '--batch', str(args.batch), '--image-size', str(args.image_size),
-         '--threads', str(args.threads)],
+         f'--batch={args.batch}', f'--image_size={args.image_size}',
+         f'--threads={args.threads}'],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     self.info = json.loads(self._read())
@@ -132,7 +135,7 @@ class _Worker:
       self.proc.wait()
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: types.SimpleNamespace) -> dict[str, Any]:
   """Times both steps alternately; returns (and saves) the record."""
   if args.block < 1 or args.steps < 1:
     raise SystemExit('--block and --steps must be at least 1.')
@@ -180,30 +183,39 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   return rec
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  p.add_argument('--batch', type=int, default=8)
-  p.add_argument('--image-size', type=int, default=192)
-  p.add_argument('--steps', type=int, default=6)
-  p.add_argument('--warmup', type=int, default=2)
-  p.add_argument('--block', type=int, default=1,
-                 help='steps per turn; above 1, the first of each turn is '
-                 'not timed (on some virtual machines a step right after '
-                 'the other framework\'s runs slower)')
-  p.add_argument('--threads', type=int, default=0,
-                 help='PyTorch intra-op threads (default: all CPUs)')
-  p.add_argument('--results',
-                 default=os.path.join(_common.RESULTS_DIR, 'vs_pytorch.jsonl'))
-  p.add_argument('--no-save', action='store_true')
-  p.add_argument('--worker', choices=('jax', 'torch'), default=None,
-                 help=argparse.SUPPRESS)
-  return p.parse_args(argv)
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """Defines this script's flags in `flag_values`."""
+  define = _common.definer(flag_values)
+  define('integer', 'batch', 8, 'Batch size of both frameworks.')
+  define('integer', 'image_size', 192, 'Image side in pixels.')
+  define('integer', 'steps', 6, 'Timed steps per framework.')
+  define('integer', 'warmup', 2, 'Untimed steps per framework first.')
+  define('integer', 'block', 1, 'Steps per turn; above 1, the first of each '
+         'turn is not timed (on some virtual machines a step right after the '
+         "other framework's runs slower).")
+  define('integer', 'threads', 0,
+         'PyTorch intra-op threads (default: all CPUs).')
+  define('string', 'results',
+         os.path.join(_common.RESULTS_DIR, 'vs_pytorch.jsonl'),
+         'JSON lines file the record is appended to.')
+  define('bool', 'no_save', False, 'Do not append the record.')
+  define('enum', 'worker', None, 'Internal: be the worker process of this '
+         'framework.', enum_values=['jax', 'torch'])
+
+
+def parse_args(argv: Sequence[str]) -> types.SimpleNamespace:
+  """The flags' values from `argv` (no program name), for callers in Python."""
+  return _common.parse_flags(define_flags, argv)
+
+
+def main(args: types.SimpleNamespace) -> None:
+  """The comparison, or one of its workers (--worker)."""
+  if args.worker:
+    _worker(args)
+  else:
+    run(args)
 
 
 if __name__ == '__main__':
   host.reexec_with_huge_pages()
-  _args = parse_args(sys.argv[1:])
-  if _args.worker:
-    _worker(_args)
-  else:
-    _common.report_user_errors(lambda: run(_args))
+  _common.run_command_line(define_flags, main)
