@@ -57,7 +57,10 @@ def train_digits(workdir: str, steps: int, seed: int) -> dict[str, float]:
 
 
 def masks_of(workdir: str, images: np.ndarray) -> dict[str, np.ndarray]:
-  """Each module's mask [N, H, W, C] for raw digits [N, 8, 8] (final weights)."""
+  """Each module's mask [N, H, W, C] for raw digits [N, 8, 8].
+
+  The run's final weights, not their EMA.
+  """
   ckpt = evaluate.load_checkpoint(workdir, use_ema=False)
   x = ckpt.preprocess(images)
   (_, acts), _ = ckpt.model.apply(ckpt.params, ckpt.state, None, x,

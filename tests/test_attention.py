@@ -20,9 +20,9 @@ from nfnets.train import step as train_step
 
 # Parameters of the released Caffe definitions (Attention-56-deploy.prototxt
 # and Attention-92-deploy.prototxt): conv weights (no biases), BN scale and
-# shift, FC weight and bias. The paper's Table 6 says 31.9M and 51.3M.
+# shift, FC weight and bias. The paper (sec. 4.2) says 31.9M and 51.3M.
 CAFFE_PARAMS = {'attention56': 31_810_728, 'attention92': 52_466_344}
-# [RAN] Table 6 "FLOPs" (multiply-adds of convs and FC) at 224 px.
+# [RAN] sec. 4.2 "FLOPs" (multiply-adds of convs and FC) at 224 px.
 PAPER_GMACS = {'attention56': 6.27, 'attention92': 10.53}
 P = 'AttentionNet/~/'
 

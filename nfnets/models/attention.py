@@ -67,8 +67,9 @@ _HE_INIT = hk.initializers.VarianceScaling(2.0, 'fan_in', 'normal')
 # definitions). `depth`: Attention Modules per stage (plain units in the last
 # stage). `params_m`: the exact count of the released Caffe definitions,
 # 31,810,728 and 52,466,344 (conv weights, BN scale and shift, FC weight and
-# bias); [RAN] Table 6 states 31.9M and 51.3M. `gmacs`: [RAN] Table 6, convs
-# and FC at 224 px (the paper's "FLOPs"), given where it is at `test_imsize`.
+# bias); [RAN] sec. 4.2 states 31.9M and 51.3M. `gmacs`: [RAN] sec. 4.2,
+# convs and FC at 224 px (the paper's "FLOPs"), given where it is at
+# `test_imsize`.
 # Published ImageNet top-1 error (single crop): 21.76% for Attention-56 at
 # 224 px, 19.5% for Attention-92 at 320 px (the release's README), hence
 # Attention-92's `test_imsize`; no dropout.
@@ -82,7 +83,7 @@ ATTENTION_VARIANTS: dict[str, registry.ModelSpec] = {
         train_imsize=224, test_imsize=320, drop_rate=0.0,
         classifier='AttentionNet/~/linear', params_m=52.47),
 }
-# [RAN] Table 6 multiply-adds at 224 px, in billions, for every variant
+# [RAN] sec. 4.2 multiply-adds at 224 px, in billions, for every variant
 # (Attention-92's spec has none at its 320 px test resolution).
 GMACS_AT_224 = {'56': 6.27, '92': 10.53}
 
@@ -159,9 +160,12 @@ class AttentionModule(hk.Module):
     super().__init__(name=name)
     self.key, self.downsamplings = key, downsamplings
     self.activation = activation
-    unit = lambda n, i=ch, s=1: baselines.ResBlock(  # pylint: disable=g-long-lambda
-        i, ch, stride=s, ordering='bn_relu_conv', bn_decay=bn_decay,
-        activation=activation, name=n)
+
+    def unit(name: str, in_ch: int = ch, stride: int = 1) -> hk.Module:
+      return baselines.ResBlock(in_ch, ch, stride=stride,
+                                ordering='bn_relu_conv', bn_decay=bn_decay,
+                                activation=activation, name=name)
+
     self.transition = None
     if transition:
       self.transition = unit('transition', in_ch, stride)
@@ -180,7 +184,10 @@ class AttentionModule(hk.Module):
 
   def mask_logits(self, x: jax.Array, out_size: Sequence[int],
                   is_training: bool) -> jax.Array:
-    """The mask branch before its sigmoid: x' [N, H, W, C] -> [N, *out_size, C]."""
+    """The mask branch before its sigmoid: [N, H, W, C] -> [N, *out_size, C].
+
+    `x` is the pre-processing unit's output x'.
+    """
     levels = []  # The down path's map after each pool's unit.
     m = x
     for unit in self.down:
