@@ -25,10 +25,10 @@ from absl import flags
 import jax
 from jax.experimental.compilation_cache import compilation_cache as cc
 import ml_collections
-from ml_collections import config_flags
 import pytest
 
 from nfnets import train
+from nfnets.cli import config_flag
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 _NO_LLVM_OPT = '--xla_backend_optimization_level=0'
@@ -115,9 +115,8 @@ def parse_config_flags(argv: list[str]) -> ml_collections.ConfigDict:
   """The config the runner's command line makes of `--config...` flags."""
   values = flags.FlagValues()
   argv = ['prog', *argv]
-  config_flags.DEFINE_config_file(
-      'config', default=str(REPO / 'experiments' / 'digits.py'),
-      flag_values=values, lock_config=True, sys_argv=argv)
+  config_flag.define('config', default=str(REPO / 'experiments' / 'digits.py'),
+                     flag_values=values, sys_argv=argv)
   values(argv)
   return values.config
 

@@ -7,12 +7,12 @@ import pathlib
 
 from absl import flags
 import ml_collections
-from ml_collections import config_flags
 import pytest
 
 from nfnets import configs
 from nfnets import models
 from nfnets import train
+from nfnets.cli import config_flag
 from nfnets.train import config as train_config
 from nfnets.train import optimizer as train_optimizer
 
@@ -48,9 +48,8 @@ def parse(argv):
   argv = ['prog', *argv]
   # Override flags are discovered from argv at parse time (sys.argv by
   # default), so hand it over explicitly.
-  config_flags.DEFINE_config_file(
-      'config', default=str(EXPERIMENTS / 'digits.py'), flag_values=values,
-      lock_config=True, sys_argv=argv)
+  config_flag.define('config', default=str(EXPERIMENTS / 'digits.py'),
+                     flag_values=values, sys_argv=argv)
   values(argv)
   return values.config
 
