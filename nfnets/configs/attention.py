@@ -1,16 +1,16 @@
 r"""Residual Attention Networks (Attention-56, -92) on ImageNet, [RAN] recipe.
 
-  python -m nfnets.experiment --config=nfnets/configs/attention.py:56 \
+  python -m nfnets.experiment --config=attention:56 \
       --workdir=DIR --config.data.data_dir=TFDS_DIR
-  python -m nfnets.experiment --config=nfnets/configs/attention.py:92,runlocal \
+  python -m nfnets.experiment --config=attention:92,runlocal \
       --workdir=/tmp/attention_smoke  # 1/8 width, digits data, 20 steps, CPU
-  python -m nfnets.experiment \
-      --config=nfnets/configs/attention.py:56,runlocal,imagenet \
+  python -m nfnets.experiment --config=attention:56,runlocal,imagenet \
       --workdir=/tmp/attention_inet --config.data.data_dir=TFDS_DIR
       # the same on the tfds ImageNet pipeline at 32 px, one module per stage
-  python -m nfnets.experiment --config=nfnets/configs/attention.py:56,digits \
+  python -m nfnets.experiment --config=attention:56,digits \
       --workdir=runs/attention_digits  # 3 stages at 1/16 width on digits
 
+(`--config=nfnets/configs/attention.py:56` names the same file by path.)
 The variant is the config string's first word (`56` or `92`, default 56),
 then the flags `runlocal` (digits smoke run), `runlocal,imagenet` (ImageNet
 smoke run) or `digits`.
