@@ -11,6 +11,7 @@ r"""Residual Attention Networks (Attention-56, -92) on ImageNet, [RAN] recipe.
       --workdir=runs/attention_digits  # 3 stages at 1/16 width on digits
 
 (`--config=nfnets/configs/attention.py:56` names the same file by path.)
+
 The variant is the config string's first word (`56` or `92`, default 56),
 then the flags `runlocal` (digits smoke run), `runlocal,imagenet` (ImageNet
 smoke run) or `digits`.
