@@ -11,8 +11,16 @@ Bottleneck ResNets with BatchNorm or GroupNorm in three orderings:
                   ([NF-ResNet] Brock, De, Smith 2021, Figure 4).
 "bn" names the position of the normalization layer, whichever kind it is. The
 two pre-activation orderings are the normalized networks of the signal
-propagation plots in [NF-ResNet] Figure 1; GroupNorm uses 32 groups as [GN] Wu
-& He 2018 recommend for small per-device batches.
+propagation plots in [NF-ResNet] Figure 1.
+
+The GroupNorm ResNet-50 ('resnet50_gn', post-activation) is that of [GN] Wu &
+He 2018 ("Group Normalization", ECCV) sec. 5.1: G = 32 groups, eps 1e-5, GN
+after the projection shortcut's conv too, the stride on the 3x3 conv
+(ResNet v1.5), the classifier drawn from N(0, 0.01^2), and every gamma 1
+except that of the last normalization of each residual block, 0, so that
+each block starts as the identity ([GN] sec. 5.1, after Goyal et al. 2017).
+Its weight decay of 1e-4 also on gamma and beta is a recipe setting
+(`nfnets/configs/resnet_gn.py`).
 
 `HeConv2D` is the plain convolution that turns an NF-ResNet into the
 "NF-ResNet without Scaled WS" of [NF-ResNet] Figure 2.
@@ -125,14 +133,16 @@ class BatchNorm(hk.Module):
   """
 
   def __init__(self, decay: float = 0.9, eps: float = 1e-5,
+               scale_init: hk.initializers.Initializer = jnp.ones,
                name: Optional[str] = None):
+    """Builds the layer; `scale_init` initializes gamma (ones by default)."""
     super().__init__(name=name)
-    self.decay, self.eps = decay, eps
+    self.decay, self.eps, self.scale_init = decay, eps, scale_init
 
   def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
     """Normalizes x [..., C]: batch statistics if training, else the moving ones."""
     c = x.shape[-1]
-    scale = hk.get_parameter('scale', (c,), x.dtype, init=jnp.ones)
+    scale = hk.get_parameter('scale', (c,), x.dtype, init=self.scale_init)
     offset = hk.get_parameter('offset', (c,), x.dtype, init=jnp.zeros)
     mean_ema = hk.get_state('mean', (c,), jnp.float32, init=jnp.zeros)
     var_ema = hk.get_state('var', (c,), jnp.float32, init=jnp.ones)
@@ -152,13 +162,18 @@ class BatchNorm(hk.Module):
 
 
 def _make_norm(kind: str, channels: int, groups: int, name: str,
-               bn_decay: float) -> Norm:
-  """A normalization layer called as norm(x, is_training)."""
+               bn_decay: float, zero_init: bool = False) -> Norm:
+  """A normalization layer called as norm(x, is_training).
+
+  `zero_init` starts its gamma at 0 instead of 1.
+  """
+  scale_init = jnp.zeros if zero_init else jnp.ones
   if kind == 'batch':
-    return BatchNorm(decay=bn_decay, name=name)
+    return BatchNorm(decay=bn_decay, scale_init=scale_init, name=name)
   # A group count that does not divide a width-multiplied channel count falls
   # back to the largest one that does (32 -> 16 for 16 channels).
-  gn = hk.GroupNorm(groups=math.gcd(groups, channels), eps=1e-5, name=name)
+  gn = hk.GroupNorm(groups=math.gcd(groups, channels), eps=1e-5,
+                    scale_init=scale_init, name=name)
   return lambda x, is_training: gn(x)
 
 
@@ -167,13 +182,16 @@ class ResBlock(hk.Module):
 
   The transition shortcut is a strided 1x1 convolution (followed by a norm in
   the post-activation ordering; of the normalized, activated input in the
-  pre-activation orderings, as in [PreAct] and NF-ResNets).
+  pre-activation orderings, as in [PreAct] and NF-ResNets). With
+  `zero_init_last_norm` the block's last normalization (`norm2`, in every
+  ordering) starts with gamma = 0, so the residual branch starts at zero.
   """
 
   def __init__(self, in_ch: int, out_ch: int, *, stride: int = 1,
                bottleneck_ratio: float = 0.25, ordering: str = 'conv_bn_relu',
                norm: str = 'batch', groups: int = 32, bn_decay: float = 0.9,
                activation: layers.Activation = jax.nn.relu,
+               zero_init_last_norm: bool = False,
                name: Optional[str] = None):
     super().__init__(name=name)
     self.ordering = ordering
@@ -188,14 +206,16 @@ class ResBlock(hk.Module):
     self.use_projection = stride > 1 or in_ch != out_ch
     if self.use_projection:
       self.conv_shortcut = conv(out_ch, 1, stride, 'conv_shortcut')
-    mk = lambda ch, n: _make_norm(norm, ch, groups, n, bn_decay)
+    mk = lambda ch, n, zero=False: _make_norm(norm, ch, groups, n, bn_decay,
+                                              zero)
     if ordering == 'conv_bn_relu':
       norm_chs = (width, width, out_ch)
       if self.use_projection:
         self.norm_shortcut = mk(out_ch, 'norm_shortcut')
     else:
       norm_chs = (in_ch, width, width)
-    self.norms = [mk(ch, f'norm{i}') for i, ch in enumerate(norm_chs)]
+    self.norms = [mk(ch, f'norm{i}', zero_init_last_norm and i == 2)
+                  for i, ch in enumerate(norm_chs)]
 
   def _pre(self, i: int, x: jax.Array, is_training: bool) -> jax.Array:
     if self.ordering == 'bn_relu_conv':
@@ -231,6 +251,7 @@ class ResNet(common.ResidualNet):
                norm: str = 'batch', groups: int = 32, bn_decay: float = 0.9,
                activation: str = 'relu', drop_rate: Optional[float] = None,
                fc_init: Optional[hk.initializers.Initializer] = None,
+               zero_init_last_norm: Optional[bool] = None,
                remat: bool = False, name: str = 'ResNet'):
     """Builds the network.
 
@@ -246,6 +267,11 @@ class ResNet(common.ResidualNet):
       bn_decay: BatchNorm moving-average decay.
       activation: name of the (unscaled) nonlinearity.
       fc_init: classifier weight initializer, N(0, 0.01) by default.
+      zero_init_last_norm: gamma = 0 in the last normalization of every
+        block. None means True for GroupNorm ([GN] sec. 5.1) and False for
+        BatchNorm, whose networks keep He et al.'s all-ones init (the
+        normalized networks of the signal propagation plots); pass True
+        to train BN and GN from the same init.
     """
     if ordering not in ORDERINGS:
       raise ValueError(f'ordering must be one of {ORDERINGS}, got '
@@ -256,6 +282,9 @@ class ResNet(common.ResidualNet):
                      drop_rate=drop_rate, remat=remat, name=name)
     self.ordering = ordering
     self.activation = layers.raw_activation(activation)
+    if zero_init_last_norm is None:
+      zero_init_last_norm = norm == 'group'
+
     ch = common.scaled_channels(_STEM_WIDTH, width)
     self.initial_conv = layers.Conv2D(ch, kernel_shape=7, stride=2,
                                       with_bias=False, w_init=_HE_INIT,
@@ -272,7 +301,8 @@ class ResNet(common.ResidualNet):
         stride = 2 if block == 0 and stage > 0 else 1
         self.blocks.append(ResBlock(
             ch, out_ch, stride=stride, ordering=ordering, norm=norm,
-            groups=groups, bn_decay=bn_decay, activation=self.activation))
+            groups=groups, bn_decay=bn_decay, activation=self.activation,
+            zero_init_last_norm=zero_init_last_norm))
         ch = out_ch
     if ordering != 'conv_bn_relu':
       self.final_norm = mk(ch, 'final_norm')

@@ -52,6 +52,8 @@ CLASSIFIER_PATTERN = r'[^/]+/~/linear'
 # Names of gains and biases, as the reference release partitions them
 # (`scale`/`offset` are BatchNorm's, for the normalized baselines).
 _GAIN_BIAS_NAMES = frozenset({'b', 'scale', 'offset'})
+# The normalization layers' gamma and beta (BatchNorm, GroupNorm, LayerNorm).
+_NORM_PARAM_NAMES = frozenset({'scale', 'offset'})
 
 
 def _reduction_axes(param: jax.Array, axis: AxisSpec, where: str
@@ -274,6 +276,19 @@ def agc_mask(params: PyTree, classifier_pattern: str = CLASSIFIER_PATTERN,
   return path_mask(params, clipped)
 
 
-def weight_decay_mask(params: PyTree) -> PyTree:
-  """True for the parameters that get weight decay: all but gains/biases."""
-  return path_mask(params, lambda m, n: not is_gain_or_bias(m, n))
+def weight_decay_mask(params: PyTree,
+                      decay_norm_params: bool = False) -> PyTree:
+  """True for the parameters that get weight decay: all but gains/biases.
+
+  Args:
+    params: the parameter pytree (Haiku naming).
+    decay_norm_params: decay the normalization layers' `scale` and `offset`
+      (gamma and beta) too, as the GroupNorm paper's ResNets do ([GN] Wu &
+      He 2018, sec. 5.1: "all weight layers, including gamma and beta");
+      other gains and biases stay exempt.
+  """
+  def decayed(module, name):
+    if decay_norm_params and name in _NORM_PARAM_NAMES:
+      return True
+    return not is_gain_or_bias(module, name)
+  return path_mask(params, decayed)

@@ -6,6 +6,7 @@ TensorFlow's RMSProp ([EfficientNet] Tan & Le 2019).
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional, Union
 
 import optax
@@ -29,6 +30,7 @@ def regularized(update: optax.GradientTransformation, *,
                 weight_decay: float = 2e-5, exclude_classifier: bool = True,
                 clip_classifier_bias: bool = False,
                 classifier_pattern: str = agc.CLASSIFIER_PATTERN,
+                decay_norm_params: bool = False,
                 caller: str = 'regularized') -> optax.GradientTransformation:
   """AGC, then weight decay, then `update`, per parameter.
 
@@ -47,6 +49,8 @@ def regularized(update: optax.GradientTransformation, *,
     clip_classifier_bias: clip the classifier bias anyway (only its weight is
       exempt), which is what the reference release does.
     classifier_pattern: regex the classifier's module path fully matches.
+    decay_norm_params: decay the normalization layers' gamma and beta too
+      (`agc.weight_decay_mask`), the GroupNorm paper's ResNet recipe.
     caller: the function named in error messages.
 
   Returns:
@@ -69,8 +73,9 @@ def regularized(update: optax.GradientTransformation, *,
                         classifier_pattern)
     parts.append(agc.adaptive_grad_clip(clipping, agc_eps, mask=mask))
   if weight_decay > 0:
-    parts.append(optax.add_decayed_weights(weight_decay,
-                                           mask=agc.weight_decay_mask))
+    mask = functools.partial(agc.weight_decay_mask,
+                             decay_norm_params=decay_norm_params)
+    parts.append(optax.add_decayed_weights(weight_decay, mask=mask))
   parts.append(update)
   return optax.chain(*parts)
 
@@ -85,7 +90,8 @@ def nfnet_optimizer(learning_rate: Union[float, optax.Schedule], *,
                     weight_decay: float = 2e-5, momentum: float = 0.9,
                     nesterov: bool = True, exclude_classifier: bool = True,
                     clip_classifier_bias: bool = False,
-                    classifier_pattern: str = agc.CLASSIFIER_PATTERN
+                    classifier_pattern: str = agc.CLASSIFIER_PATTERN,
+                    decay_norm_params: bool = False
                     ) -> optax.GradientTransformation:
   """AGC, then weight decay, then SGD with Nesterov momentum ([NFNet] sec. 4).
 
@@ -110,6 +116,8 @@ def nfnet_optimizer(learning_rate: Union[float, optax.Schedule], *,
     clip_classifier_bias: clip the classifier bias anyway (only its weight is
       exempt), which is what the reference release does.
     classifier_pattern: regex the classifier's module path fully matches.
+    decay_norm_params: decay normalization gammas and betas too (see
+      `regularized`).
 
   Returns:
     The transformation; `update(grads, state, params)` needs `params`.
@@ -123,7 +131,8 @@ def nfnet_optimizer(learning_rate: Union[float, optax.Schedule], *,
       clipping=clipping, agc_eps=agc_eps, weight_decay=weight_decay,
       exclude_classifier=exclude_classifier,
       clip_classifier_bias=clip_classifier_bias,
-      classifier_pattern=classifier_pattern, caller='nfnet_optimizer')
+      classifier_pattern=classifier_pattern,
+      decay_norm_params=decay_norm_params, caller='nfnet_optimizer')
 
 
 def rmsprop_optimizer(learning_rate: Union[float, optax.Schedule], *,
@@ -132,7 +141,8 @@ def rmsprop_optimizer(learning_rate: Union[float, optax.Schedule], *,
                       agc_eps: float = 1e-3, weight_decay: float = 1e-5,
                       exclude_classifier: bool = True,
                       clip_classifier_bias: bool = False,
-                      classifier_pattern: str = agc.CLASSIFIER_PATTERN
+                      classifier_pattern: str = agc.CLASSIFIER_PATTERN,
+                      decay_norm_params: bool = False
                       ) -> optax.GradientTransformation:
   """Weight decay (and optional AGC), then TensorFlow 1's RMSProp.
 
@@ -152,7 +162,8 @@ def rmsprop_optimizer(learning_rate: Union[float, optax.Schedule], *,
     eps: added to the mean square inside the square root.
     momentum: momentum of the scaled update; 0 turns it off.
     clipping, agc_eps, weight_decay, exclude_classifier, clip_classifier_bias,
-      classifier_pattern: see `regularized` (AGC is off by default).
+      classifier_pattern, decay_norm_params: see `regularized` (AGC is off
+      by default).
 
   Returns:
     The transformation; `update(grads, state, params)` needs `params`.
@@ -171,4 +182,5 @@ def rmsprop_optimizer(learning_rate: Union[float, optax.Schedule], *,
       update, clipping=clipping, agc_eps=agc_eps, weight_decay=weight_decay,
       exclude_classifier=exclude_classifier,
       clip_classifier_bias=clip_classifier_bias,
-      classifier_pattern=classifier_pattern, caller='rmsprop_optimizer')
+      classifier_pattern=classifier_pattern,
+      decay_norm_params=decay_norm_params, caller='rmsprop_optimizer')
