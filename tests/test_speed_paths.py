@@ -89,8 +89,8 @@ def test_grouped_conv_gradients_agree(cin, cout, groups, k, stride, padding,
     return jnp.sum(jnp.sin(y) * target)
 
   grads = {impl: jax.grad(functools.partial(loss, impl), argnums=(0, 1))(x, w)
-           for impl in ('native', 'split', 'im2col')}
-  for impl in ('split', 'im2col'):
+           for impl in ('native', 'split', 'im2col', 'auto')}
+  for impl in ('split', 'im2col', 'auto'):
     for got, ref in zip(grads[impl], grads['native']):
       scale = float(jnp.max(jnp.abs(ref)))
       np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4 * scale)
@@ -141,13 +141,15 @@ def test_auto_runs_dense_pointwise_convs_as_matmuls_on_cpu():
   pointwise = _primitives(auto, x, jnp.ones((1, 1, 4, 8)))
   assert 'dot_general' in pointwise
   assert 'conv_general_dilated' not in pointwise
-  # A 3x3 kernel, explicit padding or groups keep a convolution.
+  # A 3x3 kernel or explicit padding keep a convolution.
   assert 'conv_general_dilated' in _primitives(auto, x, jnp.ones((3, 3, 4, 8)))
   padded = functools.partial(auto, padding=((0, 0), (0, 0)))
   assert 'conv_general_dilated' in _primitives(padded, x,
                                                 jnp.ones((1, 1, 4, 8)))
-  grouped = functools.partial(auto, feature_group_count=2)
-  assert 'dot_general' not in _primitives(grouped, x, jnp.ones((1, 1, 2, 8)))
+  # Grouped 1x1 kernels (up to 16 groups) become one matmul per group.
+  grouped = _primitives(functools.partial(auto, feature_group_count=2), x,
+                        jnp.ones((1, 1, 2, 8)))
+  assert 'dot_general' in grouped and 'conv_general_dilated' not in grouped
 
 
 def _numpy_kernel_grad(x, dy, kernel_hw, stride, pads):
