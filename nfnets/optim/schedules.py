@@ -1,5 +1,5 @@
-"""Learning-rate schedules of the recipes: warmup, then cosine or exponential
-decay."""
+"""Learning-rate schedules of the recipes: warmup, then cosine, exponential or
+linear decay."""
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -75,6 +75,45 @@ def warmup_exponential_schedule(peak_value: float, warmup_steps: int,
       exponent = jnp.floor(exponent)
     decayed = peak_value * jnp.power(decay_rate, exponent)
     warmup = peak_value * step / max(warmup_steps, 1)
+    return jnp.where(step < warmup_steps, warmup, decayed)
+
+  return schedule
+
+
+def warmup_linear_schedule(peak_value: float, warmup_steps: int,
+                           total_steps: int, end_value: float = 0.0
+                           ) -> optax.Schedule:
+  """Linear warmup from 0 to `peak_value`, then linear decay to `end_value`.
+
+  lr(s) = peak * s / warmup                 for s < warmup,
+  lr(s) = end + (peak - end) * r            otherwise,
+  with r = (total - s) / (total - warmup), clamped to [0, 1]. Without a
+  warmup this is the [ShuffleNet] / [ShuffleNetV2] recipe's
+  lr(s) = peak * (1 - s / total).
+
+  Args:
+    peak_value: learning rate reached at step `warmup_steps`.
+    warmup_steps: length of the warmup, in optimizer steps (0: none).
+    total_steps: the step at which the decay reaches `end_value`; later
+      steps stay there.
+    end_value: final learning rate.
+
+  Returns:
+    A schedule step -> float32 learning rate, traceable under jit.
+  """
+  if warmup_steps < 0 or total_steps <= 0 or warmup_steps > total_steps:
+    raise ValueError('Need 0 <= warmup_steps <= total_steps and '
+                     f'total_steps > 0; got warmup_steps={warmup_steps}, '
+                     f'total_steps={total_steps}.')
+  decay_steps = max(total_steps - warmup_steps, 1)
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    warmup = peak_value * step / max(warmup_steps, 1)
+    # The steps left rather than 1 - the fraction done: exact in float32
+    # to the last step of a long run.
+    left = jnp.clip((total_steps - step) / decay_steps, 0.0, 1.0)
+    decayed = end_value + (peak_value - end_value) * left
     return jnp.where(step < warmup_steps, warmup, decayed)
 
   return schedule
