@@ -1,15 +1,18 @@
 """Normalizer-Free layers and the convolution backend they run on.
 
 `nf` holds the layers of the papers (Scaled WS convolutions, gamma-scaled
-activations, Squeeze-Excite, stochastic depth, SkipInit gains); `conv` holds
-the per-backend formulations of the convolution and of weight
-standardization. This package imports nothing else from `nfnets`.
+activations, Squeeze-Excite, stochastic depth, SkipInit gains) and `eca`
+Efficient Channel Attention; `conv` holds the per-backend formulations of
+the convolution and of weight standardization. This package imports
+nothing else from `nfnets`.
 """
 from nfnets.layers.conv import Conv2D
 from nfnets.layers.conv import GROUPED_CONV_IMPLS
 from nfnets.layers.conv import grouped_conv2d
 from nfnets.layers.conv import STANDARDIZE_IMPLS
 from nfnets.layers.conv import standardize_weight
+from nfnets.layers.eca import ECA
+from nfnets.layers.eca import eca_kernel_size
 from nfnets.layers.nf import Activation
 from nfnets.layers.nf import avg_pool_2x2
 from nfnets.layers.nf import estimate_gamma

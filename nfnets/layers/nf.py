@@ -123,9 +123,10 @@ class WSConv2D(hk.Conv2D):
 
   Parameters: `w` [kh, kw, I / groups, O] initialised from a fan-in variance
   scaling normal (WS makes the output insensitive to this choice), `gain` [O]
-  initialised to ones and `bias` [O] initialised to zeros. Padding strings follow
-  TensorFlow ("SAME" pads more at the end when the total is odd), which the
-  released weights rely on at stride 2. Inputs are NHWC.
+  initialised to ones (or by `gain_init`) and `bias` [O] initialised to
+  zeros. Padding strings follow TensorFlow ("SAME" pads more at the end when
+  the total is odd), which the released weights rely on at stride 2. Inputs
+  are NHWC.
   """
 
   def __init__(self,
@@ -137,6 +138,7 @@ class WSConv2D(hk.Conv2D):
                feature_group_count: int = 1,
                eps: float = 1e-4,
                impl: str = 'auto',
+               gain_init: Optional[hk.initializers.Initializer] = None,
                name: Optional[str] = None):
     """Builds the module.
 
@@ -149,6 +151,9 @@ class WSConv2D(hk.Conv2D):
       eps: floor on N * var in the standardization.
       impl: how the convolution runs, one of `GROUPED_CONV_IMPLS` (see
         `grouped_conv2d`); it changes speed, not the function or parameters.
+      gain_init: initializer of `gain`; None gives ones. Zeros make the conv
+        output its bias (zero at init), which zero-initialises a residual
+        branch ending in this conv without a separate SkipInit gain.
       name: module name; parameter paths depend on it.
     """
     conv_lib.check_impl(impl, conv_lib.GROUPED_CONV_IMPLS)
@@ -159,6 +164,7 @@ class WSConv2D(hk.Conv2D):
                      data_format='NHWC', name=name)
     self.eps = eps
     self.impl = impl
+    self.gain_init = jnp.ones if gain_init is None else gain_init
 
   def _kernel_shape(self, in_channels: int) -> tuple[int, ...]:
     """[kh, kw, I / groups, O], after checking that the groups divide."""
@@ -184,7 +190,7 @@ class WSConv2D(hk.Conv2D):
     w = hk.get_parameter('w', self._kernel_shape(in_channels), dtype,
                          init=w_init)
     gain = hk.get_parameter('gain', (self.output_channels,), dtype,
-                            init=jnp.ones)
+                            init=self.gain_init)
     return conv_lib.standardize_weight(w, gain, self.eps)
 
   def __call__(self, inputs: jax.Array) -> jax.Array:
