@@ -14,6 +14,9 @@ from nfnets.models import nf_regnet
 from nfnets.models import baselines
 from nfnets.models import efficientnet
 from nfnets.models import mnasnet
+from nfnets.models import shufflenet
+from nfnets.models import attention
+from nfnets.models import eca_nfnet
 from nfnets.models.common import Activations
 from nfnets.models.cost import abstract_init
 from nfnets.models.cost import count_macs
