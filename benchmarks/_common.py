@@ -7,8 +7,10 @@ standardization (`layers.PrestandardizedConv2D`), so the model differs from
 the NF one only by the weight standardization; `@prestandardized` is the
 same module, meant for weights exported by `layers.standardize_conv_params`;
 `@native`, `@split`, `@im2col` and `@auto` force that formulation of
-`layers.grouped_conv2d` in every WSConv2D. `bn_resnet50` is the BatchNorm
-ResNet-50 baseline (the registry's `resnet50_bn`).
+`layers.grouped_conv2d` in every WSConv2D, or in every convolution of a
+model that takes `conv_impl` (the ShuffleNets: `shufflenet_v1_g8@native`).
+`bn_resnet50` is the BatchNorm ResNet-50 baseline (the registry's
+`resnet50_bn`).
 """
 from __future__ import annotations
 
@@ -162,6 +164,8 @@ def build_model(spec: str, num_classes: int = 1000,
     overrides['remat'] = True
   if suffix in _CONV_SUFFIXES:
     overrides['conv'] = layers.PrestandardizedConv2D
+  elif suffix and 'conv_impl' in models.accepted_overrides(name):
+    overrides['conv_impl'] = suffix
   elif suffix:
     overrides['conv'] = functools.partial(layers.WSConv2D, impl=suffix)
   fwd = models.transform(name, num_classes, **overrides)

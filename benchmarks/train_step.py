@@ -11,6 +11,8 @@ stats, or process peak RSS on CPU). Each run appends one JSON line to
   python -m benchmarks.train_step --model nf_resnet50 --compare bn_resnet50 \
       --batch 8 --image-size 128
   python -m benchmarks.train_step --model nfnet_f0,nfnet_f0@native --batch 4
+  python -m benchmarks.train_step --model nfnet_f0 --batch 8 --sam_rho 0.05 \
+      --sam_compare
 
 `--compare B` times B interleaved step by step with each `--model` in the same
 process and prints the ratio of their median step times. Model specs are
@@ -22,8 +24,11 @@ ImageNet recipe's config: label-smoothed cross-entropy, AGC (0.01, classifier
 exempt), weight decay 2e-5, Nesterov SGD, the EMA of the weights, the train
 state donated, no host round trip inside the step. `--no_agc`,
 `--no_weight_decay`, `--no_ema` and `--no_label_smoothing` switch parts off
-for comparisons; each record lists the parts that were on. `--dtype bfloat16`
-computes in bfloat16 with float32 master weights, as the runner does.
+for comparisons; each record lists the parts that were on. `--sam_rho`
+(with `--sam_batch_fraction`) adds SAM's ascent pass; the record keeps both,
+and `--sam_compare` times each model with SAM off too, interleaved, and
+prints the ratio. `--dtype bfloat16` computes in bfloat16 with float32 master
+weights, as the runner does.
 
 Flags are absl's (`--helpfull` lists them with JAX's `--jax_*` flags); the
 dashed spellings `--image-size 128`, `--no-agc` work too.
@@ -89,6 +94,8 @@ def step_config(args: types.SimpleNamespace) -> ml_collections.ConfigDict:
     config.training.ema_decay = 0.0
   if args.no_label_smoothing:
     config.training.label_smoothing = 0.0
+  config.optimizer.sam_rho = args.sam_rho
+  config.optimizer.sam_batch_fraction = args.sam_batch_fraction
   return config
 
 
@@ -133,7 +140,8 @@ class _Runner:
                           self.model.fwd, optimizer),
         out_shardings=replicated)(jax.random.PRNGKey(0))
     self.trace_count = [0]
-    step = step_lib.make_train_step(self.config, self.model.fwd, optimizer)
+    step = step_lib.make_train_step(self.config, self.model.fwd, optimizer,
+                                    mesh)
 
     def counted(state, batch):
       self.trace_count[0] += 1
@@ -159,6 +167,7 @@ class _Runner:
         'image_size': a.image_size, 'dtype': a.dtype, 'devices': a.devices,
         'width': a.width, 'remat': self.remat,
         'step': 'nfnets.train.step', 'step_parts': step_parts(self.config),
+        'sam_rho': a.sam_rho, 'sam_batch_fraction': a.sam_batch_fraction,
         'steps': a.steps, 'warmup': a.warmup,
         'compile_s': self.compile_s, 'trace_count': self.trace_count[0],
         'final_loss': float(self.metrics['loss']),
@@ -192,10 +201,18 @@ def run(args: types.SimpleNamespace) -> list[dict[str, Any]]:
     configs = [(s, True) for s in specs]
   if args.compare:
     configs.append((args.compare, False))
+  if args.sam_compare and (args.compare or args.sam_rho <= 0):
+    raise SystemExit('--sam_compare needs --sam_rho > 0 and no --compare.')
   runners = []
   for spec, remat in configs:
     print(f'compiling {spec}{" (remat)" if remat else ""} ...', flush=True)
     runners.append(_Runner(spec, args, remat))
+  if args.sam_compare:
+    no_sam = types.SimpleNamespace(**{**vars(args), 'sam_rho': 0.0})
+    for spec, remat in configs:
+      print(f'compiling {spec}{" (remat)" if remat else ""} without SAM ...',
+            flush=True)
+      runners.append(_Runner(spec, no_sam, remat))
   for r in runners:
     _common.time_calls(r, steps=0, warmup=args.warmup)
   # Interleaved: every step runs each configuration once, so slow drift in
@@ -226,6 +243,10 @@ def run(args: types.SimpleNamespace) -> list[dict[str, Any]]:
     for rec in records[:-1]:
       rec['compare_to'] = base['model']
       rec['step_time_ratio'] = rec['step_s_median'] / base['step_s_median']
+  if args.sam_compare:
+    half = len(records) // 2
+    for rec, base in zip(records[:half], records[half:]):
+      rec['sam_step_time_ratio'] = rec['step_s_median'] / base['step_s_median']
   if not args.no_save:
     for rec in records:
       _common.append_result(args.results, rec)
@@ -234,6 +255,9 @@ def run(args: types.SimpleNamespace) -> list[dict[str, Any]]:
     if 'step_time_ratio' in rec:
       print(f'{rec["model"]} / {rec["compare_to"]} step time: '
             f'{rec["step_time_ratio"]:.3f}')
+    if 'sam_step_time_ratio' in rec:
+      print(f'{rec["model"]} with / without SAM step time: '
+            f'{rec["sam_step_time_ratio"]:.3f}')
   print('minor page faults per step: ' + ', '.join(
       f'{rec["model"]} {rec["page_faults_per_step"]}' for rec in records) +
         f' (GLIBC_TUNABLES={machine["glibc_tunables"] or "unset"})')
@@ -261,6 +285,12 @@ def define_flags(flag_values: flags.FlagValues) -> None:
   for part in STEP_PARTS:
     define('bool', f'no_{part}', False,
            f"Switch the step's {part.replace('_', ' ')} off.")
+  define('float', 'sam_rho', 0.0,
+         "SAM's ascent radius; > 0 adds SAM's ascent pass to the step.")
+  define('float', 'sam_batch_fraction', 1.0,
+         "Fraction of each device's shard SAM's ascent pass uses.")
+  define('bool', 'sam_compare', False,
+         'Also time each model with SAM off, interleaved; print the ratio.')
   define('integer', 'steps', 5, 'Timed steps per configuration.')
   define('integer', 'warmup', 1, 'Untimed steps per configuration first.')
   define('bool', 'remat', False, 'Rematerialize each residual block.')

@@ -7,9 +7,17 @@ import optax
 import pytest
 
 from nfnets import layers
+from nfnets import optim
+from nfnets.configs import resnet_gn
 from nfnets.models import baselines
 from nfnets.models import count_params
 from nfnets.models import registry
+from nfnets.train import config as train_config
+from nfnets.train import optimizer as optimizer_lib
+
+# torchvision's resnet50 with its BatchNorms as GroupNorms (same gamma and
+# beta per channel): the GN paper's ResNet-50.
+_GN_RESNET50_PARAMS = 25_557_032
 
 
 def _haiku_resnet_params(cls, **kw):
@@ -28,6 +36,127 @@ def test_resnet50_parameter_count_matches_paper_and_haiku():
   assert n == _haiku_resnet_params(hk.nets.ResNet50)
   # GroupNorm has the same scale and offset per channel as BatchNorm.
   assert count_params('resnet50_gn') == n
+
+
+def test_gn_resnet50_parameter_count_is_published():
+  fwd = registry.transform('resnet50_gn')
+  params, state = jax.eval_shape(
+      lambda x: fwd.init(jax.random.PRNGKey(0), x, is_training=True),
+      jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
+  assert sum(int(np.prod(p.shape))
+             for p in jax.tree_util.tree_leaves(params)) == _GN_RESNET50_PARAMS
+  assert not state  # GroupNorm keeps no moving statistics.
+  # GN on every conv, the projection shortcuts' included: stem + 3 per block
+  # + 4 shortcuts.
+  norms = [m for m in params if set(params[m]) == {'scale', 'offset'}]
+  assert len(norms) == 1 + 3 * 16 + 4
+  assert sum(m.endswith('norm_shortcut') for m in norms) == 4
+
+
+# Two stages of two blocks: transition blocks (projection shortcut, strided
+# and not) and identity blocks, compiled in seconds.
+_SHALLOW = dict(depth=(2, 2), widths=(256, 512), width=0.125)
+
+
+def _gammas(name: str, **kw) -> tuple[dict[str, np.ndarray], dict]:
+  fwd = registry.transform(name, num_classes=3, **_SHALLOW, **kw)
+  init = jax.jit(fwd.init, static_argnames='is_training')
+  params, _ = init(jax.random.PRNGKey(0), jnp.ones((1, 16, 16, 3)),
+                   is_training=True)
+  return {m: np.asarray(p['scale']) for m, p in params.items()
+          if 'scale' in p}, params
+
+
+def test_gn_resnet_zero_inits_exactly_the_last_norm_of_each_block():
+  gammas, params = _gammas('resnet50_gn')
+  zero = sorted(m for m, g in gammas.items() if np.all(g == 0))
+  one = sorted(m for m, g in gammas.items() if np.all(g == 1))
+  blocks = sorted({m.rsplit('/~/', 1)[0] for m in gammas if 'res_block' in m})
+  assert len(blocks) == 4
+  # One zero gamma per block, its last normalization (after conv2); every
+  # other gamma (stem, norm0, norm1, shortcuts) is one.
+  assert zero == sorted(f'{b}/~/norm2' for b in blocks)
+  assert sorted(zero + one) == sorted(gammas)
+  assert sum(m.endswith('/norm_shortcut') for m in one) == 2
+  assert all(np.all(p['offset'] == 0) for p in params.values()
+             if 'offset' in p)
+  fc = np.asarray(params['ResNet/~/linear']['w'])
+  assert 0.005 < fc.std() < 0.02  # N(0, 0.01^2), not fan-in scaled.
+
+
+def test_zero_init_makes_every_block_start_as_the_identity():
+  fwd = registry.transform('resnet50_gn', num_classes=3, **_SHALLOW)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
+
+  @jax.jit
+  def branches(x):
+    params, state = fwd.init(jax.random.PRNGKey(1), x, is_training=True)
+    (_, acts), _ = fwd.apply(params, state, None, x, is_training=True,
+                             return_activations=True)
+    return acts.branches
+
+  assert all(float(jnp.abs(b).max()) == 0 for b in branches(x))
+  # BatchNorm networks keep all-ones gammas (the signal propagation plots'
+  # networks) unless asked, then zero the same layers as GN.
+  bn, _ = _gammas('resnet50_bn')
+  assert all(np.all(g == 1) for g in bn.values())
+  bn0, _ = _gammas('resnet50_bn', zero_init_last_norm=True)
+  assert sorted(m for m, g in bn0.items() if np.all(g == 0)) == sorted(
+      m for m in bn0 if m.endswith('/norm2'))
+
+
+def test_gn_recipe_decays_gamma_and_beta_and_nfnet_recipe_does_not():
+  params = {'ResNet/~/res_block/~/norm2': {'scale': jnp.ones(4),
+                                           'offset': jnp.ones(4)},
+            'ResNet/~/res_block/~/conv0': {'w': jnp.ones((1, 1, 4, 4))},
+            'ResNet/~/linear': {'w': jnp.ones((4, 3)), 'b': jnp.ones(3)},
+            'NF/~/block': {'skip_gain': jnp.ones(())}}
+  config = resnet_gn.get_config().optimizer
+  assert config.weight_decay == 1e-4 and config.clipping == 0
+  zero_grads = jax.tree.map(jnp.zeros_like, params)
+  updates = {}
+  for decay_norm in (True, False):
+    config.weight_decay_norm_params = decay_norm
+    opt = optimizer_lib.from_config(config, batch_size=256, total_steps=10,
+                                    warmup_steps=0, steps_per_epoch=5.0)
+    updates[decay_norm], _ = opt.update(zero_grads, opt.init(params), params)
+  lr_wd = 0.1 * 1e-4  # One SGD step of the decay term alone.
+  gn = updates[True]['ResNet/~/res_block/~/norm2']
+  np.testing.assert_allclose(gn['scale'], -lr_wd, rtol=1e-5)
+  np.testing.assert_allclose(gn['offset'], -lr_wd, rtol=1e-5)
+  for decay_norm in (True, False):
+    u = updates[decay_norm]
+    np.testing.assert_allclose(u['ResNet/~/res_block/~/conv0']['w'], -lr_wd,
+                               rtol=1e-5)
+    assert float(jnp.abs(u['ResNet/~/linear']['b']).max()) == 0
+    assert float(jnp.abs(u['NF/~/block']['skip_gain'])) == 0
+  assert float(jnp.abs(
+      updates[False]['ResNet/~/res_block/~/norm2']['scale']).max()) == 0
+  # The NFNet recipe's default is unchanged.
+  assert not optimizer_lib.default_config().weight_decay_norm_params
+  assert optim.weight_decay_mask(params)['ResNet/~/res_block/~/norm2'] == {
+      'scale': False, 'offset': False}
+
+
+def test_gn_recipe_is_the_papers():
+  config = resnet_gn.get_config()
+  train_config.validate_config(config, num_devices=8)
+  assert config.model.name == 'resnet50_gn'
+  assert resnet_gn.get_config('101').model.name == 'resnet101_gn'
+  opt, tc = config.optimizer, config.training
+  assert tc.batch_size == 256 and tc.label_smoothing == 0
+  assert (opt.momentum, opt.nesterov) == (0.9, False)
+  steps_per_epoch = 1_281_167 / 256
+  total, warmup = train_config.durations(config)
+  assert (total, warmup) == (round(100 * steps_per_epoch), 0)
+  schedule = optimizer_lib.learning_rate_schedule(
+      opt, batch_size=256, total_steps=total, warmup_steps=0,
+      steps_per_epoch=steps_per_epoch)
+  # 0.1, divided by 10 at epochs 30, 60 and 90.
+  for epoch, lr in ((0, 0.1), (29.9, 0.1), (30.1, 0.01), (60.1, 1e-3),
+                    (99.9, 1e-4)):
+    assert float(schedule(int(epoch * steps_per_epoch))) == pytest.approx(
+        lr, rel=1e-4)
 
 
 def test_preactivation_count_matches_haiku_v2():

@@ -120,7 +120,7 @@ def test_config_builds_rmsprop_with_an_exponential_decay_in_epochs():
 
 @pytest.mark.parametrize('field, value, message', [
     ('name', 'adam', 'name must be one of'),
-    ('schedule', 'linear', 'schedule must be one of'),
+    ('schedule', 'step', 'schedule must be one of'),
     ('decay_rate', 0.0, 'decay_rate'),
     ('decay_steps', 0, 'decay_steps'),
 ])

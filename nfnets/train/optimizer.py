@@ -5,10 +5,15 @@ group into `nfnets.optim.nfnet_optimizer` (`name='sgd'`) or
 `nfnets.optim.rmsprop_optimizer` (`name='rmsprop'`, the EfficientNet recipe)
 with the run's batch size and durations (peak learning rate base_lr x batch /
 256, linear warmup, then cosine decay or, with `schedule='exponential'`,
-decay by `decay_rate` every `decay_steps` or `decay_epochs`).
+decay by `decay_rate` every `decay_steps` or `decay_epochs`, or with
+`schedule='linear'` linear decay to `end_lr`).
+
+The `sam_*` fields switch on SAM, which the train step
+(`nfnets.train.step`) applies to the gradient the optimizer receives.
 
 Configs saved before a field of `ADDED_FIELDS` existed lack it; such a group
-means that field's default (SGD, cosine), so it still loads and resumes.
+means that field's default (SGD, cosine, no SAM), so it still loads and
+resumes.
 """
 from __future__ import annotations
 
@@ -22,11 +27,13 @@ import optax
 from nfnets import optim
 
 NAMES = ('sgd', 'rmsprop')
-SCHEDULES = ('cosine', 'exponential')
+SCHEDULES = ('cosine', 'exponential', 'linear')
 # Fields added after configs were first saved: a saved group without them
 # takes their defaults, which reproduce what it ran with.
 ADDED_FIELDS = ('name', 'rmsprop_decay', 'rmsprop_eps', 'schedule',
-                'decay_rate', 'decay_epochs', 'decay_steps')
+                'decay_rate', 'decay_epochs', 'decay_steps',
+                'weight_decay_norm_params', 'sam_rho', 'sam_batch_fraction',
+                'sam_per_device')
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -47,6 +54,9 @@ def default_config() -> ml_collections.ConfigDict:
       # Added to the clipped gradient, before momentum; gains and biases
       # are exempt.
       weight_decay=2e-5,
+      # Decay normalization gammas and betas too (the GroupNorm paper's
+      # ResNets); other gains and biases stay exempt.
+      weight_decay_norm_params=False,
       # AGC threshold lambda; 0 turns AGC off. 0.01 is the paper's value
       # at batch 4096; smaller batches tolerate larger values.
       clipping=0.01,
@@ -59,13 +69,20 @@ def default_config() -> ml_collections.ConfigDict:
       # Warmup length: warmup_steps when set, else warmup_epochs epochs.
       warmup_epochs=5.0,
       warmup_steps=config_dict.placeholder(int),
-      # After the warmup: 'cosine' decay to end_lr at the end of the run, or
-      # 'exponential': lr x decay_rate every decay_steps (when set) or
-      # decay_epochs epochs, counted from step 0, in whole steps.
+      # After the warmup: 'cosine' or 'linear' decay to end_lr at the end of
+      # the run, or 'exponential': lr x decay_rate every decay_steps (when
+      # set) or decay_epochs epochs, counted from step 0, in whole steps.
       schedule='cosine',
       decay_rate=0.97,
       decay_epochs=2.4,
       decay_steps=config_dict.placeholder(int),
+      # SAM (read by the train step, before the optimizer): the ascent radius
+      # rho, 0 for off ([NFNet] uses 0.05); the fraction of each device's
+      # shard the ascent gradient comes from ([NFNet]: 0.2); each device
+      # ascending on its own shard, unsynchronized, as [NFNet] did.
+      sam_rho=0.0,
+      sam_batch_fraction=1.0,
+      sam_per_device=False,
   ))
 
 
@@ -111,6 +128,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       (config.warmup_epochs >= 0, 'warmup_epochs must be non-negative'),
       (config.warmup_steps is None or config.warmup_steps >= 0,
        'warmup_steps must be non-negative'),
+      (config.sam_rho >= 0, 'sam_rho must be non-negative (0: no SAM)'),
+      (0 < config.sam_batch_fraction <= 1,
+       'sam_batch_fraction must be in (0, 1]'),
   ]
   for ok, message in checks:
     if not ok:
@@ -148,7 +168,8 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, *,
                            warmup_steps: int,
                            steps_per_epoch: Optional[float] = None
                            ) -> optax.Schedule:
-  """Warmup, then cosine or exponential decay, from `peak_learning_rate`.
+  """Warmup, then cosine, linear or exponential decay, from
+  `peak_learning_rate`.
 
   An exponential decay given in epochs (`decay_steps` unset) needs
   `steps_per_epoch`.
@@ -157,6 +178,9 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, *,
   peak = peak_learning_rate(config, batch_size)
   if config.schedule == 'cosine':
     return optim.warmup_cosine_schedule(peak, warmup_steps, total_steps,
+                                        config.end_lr)
+  if config.schedule == 'linear':
+    return optim.warmup_linear_schedule(peak, warmup_steps, total_steps,
                                         config.end_lr)
   decay_steps = config.decay_steps
   if decay_steps is None:
@@ -201,7 +225,8 @@ def from_config(config: ml_collections.ConfigDict, *, batch_size: int,
       weight_decay=config.weight_decay, momentum=config.momentum,
       exclude_classifier=config.agc_exclude_classifier,
       clip_classifier_bias=config.agc_clip_classifier_bias,
-      classifier_pattern=config.classifier_pattern)
+      classifier_pattern=config.classifier_pattern,
+      decay_norm_params=config.weight_decay_norm_params)
   if config.name == 'rmsprop':
     return optim.rmsprop_optimizer(schedule, decay=config.rmsprop_decay,
                                    eps=config.rmsprop_eps, **regularization)

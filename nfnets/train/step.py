@@ -4,10 +4,13 @@
 benchmarks and the tests all jit: forward in the configured compute dtype,
 label-smoothed (and MixUp/CutMix-mixed) cross-entropy, the configured
 optimizer (AGC, weight decay, Nesterov SGD), and the EMA of the weights.
+With `optimizer.sam_rho > 0` the gradient is SAM's ([SAM] Foret et al. 2021,
+`nfnets.optim.sam`): taken at an ascent point found from a fraction of each
+device's shard, either synchronized or per device.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import haiku as hk
 import jax
@@ -71,9 +74,36 @@ def _policy(config: ml_collections.ConfigDict) -> jmp.Policy:
       f'params=float32,compute={config.training.compute_dtype},output=float32')
 
 
+def ascent_size(shard_size: int, fraction: float) -> int:
+  """Examples of a shard SAM's ascent uses: round(fraction * size), >= 1."""
+  return max(1, min(shard_size, int(round(fraction * shard_size))))
+
+
+def ascent_batch(batch: Batch, fraction: float, num_shards: int = 1) -> Batch:
+  """The first `ascent_size` examples of each of `num_shards` equal shards.
+
+  On a batch split over `num_shards` devices each device keeps the first
+  examples of its own shard, so the ascent pass is balanced over the devices
+  and moves no data. With one shard this is the first `fraction` of the batch.
+  """
+  def take(x):
+    shards = x.reshape(num_shards, -1, *x.shape[1:])  # [D, B / D, ...]
+    k = ascent_size(shards.shape[1], fraction)
+    return shards[:, :k].reshape(-1, *x.shape[1:])  # [D * k, ...]
+  return jax.tree.map(take, batch)
+
+
+def _device_mean(x: jax.Array) -> jax.Array:
+  """The mean over the data axis of a float; others (counters) are equal."""
+  if jnp.issubdtype(x.dtype, jnp.floating):
+    return jax.lax.pmean(x, state_lib.DATA_AXIS)
+  return jax.lax.pmax(x, state_lib.DATA_AXIS)
+
+
 def make_train_step(config: ml_collections.ConfigDict,
                     model: hk.TransformedWithState,
-                    optimizer: optax.GradientTransformation) -> TrainStep:
+                    optimizer: optax.GradientTransformation,
+                    mesh: Optional[jax.sharding.Mesh] = None) -> TrainStep:
   """The pure training step of `config`: forward, loss, optimizer, EMA.
 
   The returned `train_step(state, batch) -> (state, metrics)` takes a global
@@ -84,6 +114,21 @@ def make_train_step(config: ml_collections.ConfigDict,
   'agc_clip_fraction' (the share of clipped units, [NFNet] sec. 4.1). With
   `training.ema_decay = 0` no average is kept: the EMA fields carry the
   weights themselves.
+
+  With `optimizer.sam_rho > 0` (SAM) the gradient is taken at the ascent
+  point w + rho * g / ||g||, g the gradient of the first
+  `optimizer.sam_batch_fraction` of each device's shard at w; 'loss', 'top1',
+  'grad_norm' and the model state come from that second, whole-batch pass
+  (the loss SAM minimizes). With `optimizer.sam_per_device` each device
+  ascends from its own shard (BatchNorm statistics are then per device), and
+  the descent gradients are averaged.
+
+  Args:
+    config: the run config.
+    model: the transformed model.
+    optimizer: the optimizer of `config.optimizer`.
+    mesh: the 1-D data mesh the step is jitted over; SAM reads its device
+      count (default: every device, the runner's mesh).
   """
   tc = config.training
   num_classes = data.num_classes(config.data)
@@ -92,6 +137,8 @@ def make_train_step(config: ml_collections.ConfigDict,
   clip_mask = optim.clipped_mask(oc.agc_exclude_classifier,
                                  oc.agc_clip_classifier_bias,
                                  oc.classifier_pattern)
+  if oc.sam_rho > 0 and mesh is None:
+    mesh = state_lib.make_mesh()
 
   def loss_fn(params, model_state, rng, batch):
     # Parameters are cast per step, so the float32 master copy gets the
@@ -105,10 +152,46 @@ def make_train_step(config: ml_collections.ConfigDict,
     top1 = jnp.mean(jnp.argmax(logits, -1) == batch['labels'])
     return loss, (model_state, top1)
 
+  def grad_fn(params, inputs):
+    """(grads, (loss, model_state, top1)) of (model_state, rng, batch)."""
+    (loss, (model_state, top1)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(params, *inputs)
+    return grads, (loss, model_state, top1)
+
+  def sam_grad_fn(params, model_state, rng, batch, num_shards,
+                  axis_name=None):
+    # The ascent pass draws its own dropout / stochastic-depth masks.
+    ascent = (model_state, jax.random.fold_in(rng, 1),
+              ascent_batch(batch, oc.sam_batch_fraction, num_shards))
+    grads, aux, _ = optim.sam_gradient(
+        grad_fn, params, oc.sam_rho, ascent, (model_state, rng, batch),
+        axis_name=axis_name)
+    return grads, aux
+
+  def per_device_sam_grad_fn(params, model_state, rng, batch):
+    """On one device's shard, inside `shard_map`; returns replicated values."""
+    # Each device draws its own masks, as it would on its part of the batch.
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(state_lib.DATA_AXIS))
+    grads, (loss, model_state, top1) = sam_grad_fn(
+        params, model_state, rng, batch, 1, state_lib.DATA_AXIS)
+    loss, top1 = jax.lax.pmean((loss, top1), state_lib.DATA_AXIS)
+    return grads, (loss, jax.tree.map(_device_mean, model_state), top1)
+
+  def gradients(params, model_state, rng, batch):
+    if oc.sam_rho <= 0:
+      return grad_fn(params, (model_state, rng, batch))
+    if not oc.sam_per_device:
+      return sam_grad_fn(params, model_state, rng, batch,
+                         mesh.shape[state_lib.DATA_AXIS])
+    spec = jax.sharding.PartitionSpec
+    return jax.shard_map(
+        per_device_sam_grad_fn, mesh=mesh,
+        in_specs=(spec(), spec(), spec(), spec(state_lib.DATA_AXIS)),
+        out_specs=spec())(params, model_state, rng, batch)
+
   def train_step(state: state_lib.TrainState, batch: Batch):
     rng, step_rng = jax.random.split(state.rng)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, (model_state, top1)), grads = grad_fn(
+    grads, (loss, model_state, top1) = gradients(
         state.params, state.model_state, step_rng, batch)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

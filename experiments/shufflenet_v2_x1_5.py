@@ -1,0 +1,4 @@
+"""ShuffleNet v2 1.5x on ImageNet (the recipe: nfnets/configs/shufflenet.py)."""
+from nfnets.configs import shufflenet
+
+get_config = shufflenet.variant('v2_x1_5')
