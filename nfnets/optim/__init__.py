@@ -6,7 +6,9 @@ decay and TensorFlow's RMSProp (EfficientNet), both through `regularized`;
 `warmup_cosine_schedule`, `warmup_exponential_schedule` and
 `warmup_linear_schedule` are the recipes' learning rates; `agc_mask` /
 `weight_decay_mask` select parameters by Haiku module path and name;
-`clip_fraction` is AGC's diagnostic, the share of units it clips.
+`clip_fraction` is AGC's diagnostic, the share of units it clips;
+`sam_gradient` is SAM's descent gradient, taken at `ascent_point`, for any
+of these optimizers.
 """
 from nfnets.optim.agc import adaptive_grad_clip
 from nfnets.optim.agc import agc_mask
