@@ -347,24 +347,3 @@ def test_one_step_on_mock_imagenet(tmp_path):
   # 1000 classes at initialization: the loss is close to log(1000).
   assert abs(metrics['train/loss'] - np.log(1000)) < 0.5
   assert 0 <= metrics['eval/top1'] <= metrics['eval/top5'] <= 1
-
-
-@pytest.mark.slow
-def test_command_line_default_config_from_another_directory(
-    tmp_path, digits_run, digits_run_flags, compilation_cache_env):
-  # The flags make the session's shared run (2 steps of NFNet-F0 at 1/16
-  # width on 16 px digits), whose compiled steps the subprocess finds in the
-  # session's compilation cache.
-  del digits_run
-  workdir = tmp_path / 'run'
-  result = subprocess.run(
-      [sys.executable, '-m', 'nfnets.experiment', f'--workdir={workdir}',
-       *digits_run_flags, '--config.training.log_every=1',
-       '--config.checkpoint.every_steps=0', '--config.eval.every_steps=0'],
-      cwd=tmp_path, capture_output=True, text=True,
-      env=dict(os.environ, PYTHONPATH=str(REPO), **compilation_cache_env))
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert 'step 2/2' in result.stderr and 'ETA' in result.stderr
-  assert checkpoint.load_config(workdir).data.dataset == 'digits'
-  records = (workdir / 'metrics.jsonl').read_text().splitlines()
-  assert [json.loads(l)['step'] for l in records] == [1, 2, 2]

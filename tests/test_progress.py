@@ -2,6 +2,7 @@
 import io
 import logging
 
+from absl import logging as absl_logging
 import pytest
 
 from nfnets.train import loop
@@ -65,13 +66,33 @@ def test_bar_on_a_terminal_shows_loss_speed_and_eta(clock):
   assert '8 img/s' in text and 'ETA 0:00:05' in text
 
 
-def test_run_logs_startup_metrics_and_writes_a_profile(tmp_path, caplog):
+class _Lines(logging.Handler):
+
+  def __init__(self):
+    super().__init__(logging.DEBUG)
+    self.lines = []
+
+  def emit(self, record: logging.LogRecord) -> None:
+    self.lines.append(record.getMessage())
+
+
+def test_run_logs_startup_metrics_and_writes_a_profile(tmp_path):
   config = tiny_config(num_steps=4)
   config.training.log_every = 1
   config.training.profile_steps = 2
-  with caplog.at_level(logging.INFO):
+  # On absl's own logger: command-line tests run in the same process may
+  # have changed the verbosity and the root logger's handlers.
+  lines = _Lines()
+  logger = absl_logging.get_absl_logger()
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.INFO)
+  logger.addHandler(lines)
+  try:
     loop.train_and_evaluate(config, tmp_path)
-  text = caplog.text
+  finally:
+    logger.removeHandler(lines)
+    absl_logging.set_verbosity(verbosity)
+  text = '\n'.join(lines.lines)
   assert 'Process 0 of 1 on cpu' in text and 'mesh {' in text
   assert 'batch 8 (' in text and 'parameters' in text
   assert 'step 4/4' in text
