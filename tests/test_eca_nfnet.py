@@ -2,7 +2,6 @@
 either zero-init option, L0's multiply-adds, feature-map sizes, parameter
 names, ECA against a NumPy reference and timm's kernel-size rule, the
 runner's train step, and the configs."""
-import functools
 import math
 
 import haiku as hk
@@ -12,12 +11,10 @@ import numpy as np
 import pytest
 
 import nfnets.models as models
-from nfnets import data
 from nfnets import layers
 from nfnets.configs import eca_nfnet as eca_nfnet_config
 from nfnets.train import config as train_config
-from nfnets.train import state as train_state
-from nfnets.train import step as train_step
+from tests.test_experiment import one_runner_step
 
 # timm: sum(p.numel() for p in timm.create_model('eca_nfnet_lN').parameters()),
 # as its model cards and results tables list them.
@@ -183,15 +180,7 @@ def test_one_train_step_of_a_tiny_l0_with_the_runners_step():
   # is about.
   config.data.randaugment_layers = 0
   config.data.mixup_alpha = config.data.cutmix_alpha = 0.0
-  train_config.validate_config(config, num_devices=1)
-  model = train_state.build_model(config)
-  optimizer, _ = train_state.build_optimizer(config)
-  state = jax.jit(functools.partial(train_state.init_train_state, config,
-                                    model, optimizer))(jax.random.PRNGKey(0))
-  batch = jax.tree.map(jnp.asarray, next(data.build_train(
-      config.data, batch_size=8, seed=0)))
-  new, metrics = jax.jit(train_step.make_train_step(config, model, optimizer))(
-      state, batch)
+  state, new, metrics, _ = one_runner_step(config)
   assert int(new.step) == 1
   assert 1.5 < float(metrics['loss']) < 3.5  # About log(10) at init.
   # The zero-initialised gains get gradients: the branches open.

@@ -68,6 +68,25 @@ def tiny_config(num_steps: int = 6) -> ml_collections.ConfigDict:
   return config
 
 
+def one_runner_step(config: ml_collections.ConfigDict):
+  """One step of the runner's train step on the first training batch.
+
+  Validates `config` for one device, initializes the state from seed 0 and
+  takes one jitted `make_train_step` step on the first batch of
+  `config.data`. Returns (initial state, new state, metrics, schedule).
+  """
+  train_config.validate_config(config, num_devices=1)
+  model = train_state.build_model(config)
+  optimizer, schedule = train_state.build_optimizer(config)
+  state = jax.jit(functools.partial(train_state.init_train_state, config,
+                                    model, optimizer))(jax.random.PRNGKey(0))
+  batch = jax.tree.map(jnp.asarray, next(data.build_train(
+      config.data, batch_size=config.training.batch_size, seed=0)))
+  new, metrics = jax.jit(train_step.make_train_step(config, model, optimizer))(
+      state, batch)
+  return state, new, metrics, schedule
+
+
 def _assert_trees_equal(a, b):
   assert jax.tree.structure(a) == jax.tree.structure(b)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):

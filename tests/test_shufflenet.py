@@ -13,14 +13,13 @@ import numpy as np
 import pytest
 
 import nfnets.models as models
-from nfnets import data
 from nfnets import layers
 from nfnets import optim
 from nfnets.configs import shufflenet as shufflenet_config
 from nfnets.models import shufflenet
 from nfnets.train import config as train_config
 from nfnets.train import state as train_state
-from nfnets.train import step as train_step
+from tests.test_experiment import one_runner_step
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / 'experiments'
 V1 = ['shufflenet_v1_g1', 'shufflenet_v1_g2', 'shufflenet_v1_g3',
@@ -257,15 +256,7 @@ def test_one_train_step_of_a_shallow_narrow_variant(variant):
   config.data.image_size = config.data.eval_image_size = 16
   config.training.batch_size = 8
   config.optimizer.warmup_steps = 0  # A warmup's first learning rate is 0.
-  train_config.validate_config(config, num_devices=1)
-  model = train_state.build_model(config)
-  optimizer, schedule = train_state.build_optimizer(config)
-  state = jax.jit(functools.partial(train_state.init_train_state, config,
-                                    model, optimizer))(jax.random.PRNGKey(0))
-  batch = jax.tree.map(jnp.asarray, next(data.build_train(
-      config.data, batch_size=8, seed=0)))
-  new, metrics = jax.jit(train_step.make_train_step(config, model, optimizer))(
-      state, batch)
+  state, new, metrics, schedule = one_runner_step(config)
   assert int(new.step) == 1 and np.isfinite(float(metrics['loss']))
   assert 1.5 < float(metrics['loss']) < 3.5  # About log(10) at init.
   # Linear decay from 0.5 x 8 / 1024 over the run's 20 steps.
