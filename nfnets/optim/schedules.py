@@ -2,8 +2,33 @@
 linear decay."""
 from __future__ import annotations
 
+from typing import Callable
+
+import jax
 import jax.numpy as jnp
 import optax
+
+
+def _decay_span(warmup_steps: int, total_steps: int) -> int:
+  """Steps from the end of the warmup to `total_steps` (at least 1)."""
+  if warmup_steps < 0 or total_steps <= 0 or warmup_steps > total_steps:
+    raise ValueError('Need 0 <= warmup_steps <= total_steps and '
+                     f'total_steps > 0; got warmup_steps={warmup_steps}, '
+                     f'total_steps={total_steps}.')
+  return max(total_steps - warmup_steps, 1)
+
+
+def _after_warmup(peak_value: float, warmup_steps: int,
+                  decayed: Callable[[jax.Array], jax.Array]
+                  ) -> optax.Schedule:
+  """peak * s / warmup for s < warmup, then `decayed(s)` (s as float32)."""
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    warmup = peak_value * step / max(warmup_steps, 1)
+    return jnp.where(step < warmup_steps, warmup, decayed(step))
+
+  return schedule
 
 
 def warmup_cosine_schedule(peak_value: float, warmup_steps: int,
@@ -25,21 +50,14 @@ def warmup_cosine_schedule(peak_value: float, warmup_steps: int,
   Returns:
     A schedule step -> float32 learning rate, traceable under jit.
   """
-  if warmup_steps < 0 or total_steps <= 0 or warmup_steps > total_steps:
-    raise ValueError('Need 0 <= warmup_steps <= total_steps and '
-                     f'total_steps > 0; got warmup_steps={warmup_steps}, '
-                     f'total_steps={total_steps}.')
-  decay_steps = max(total_steps - warmup_steps, 1)
+  decay_steps = _decay_span(warmup_steps, total_steps)
 
-  def schedule(step):
-    step = jnp.asarray(step, jnp.float32)
-    warmup = peak_value * step / max(warmup_steps, 1)
+  def cosine(step):
     frac = jnp.clip((step - warmup_steps) / decay_steps, 0.0, 1.0)
-    cosine = end_value + 0.5 * (peak_value - end_value) * (
+    return end_value + 0.5 * (peak_value - end_value) * (
         1.0 + jnp.cos(jnp.pi * frac))
-    return jnp.where(step < warmup_steps, warmup, cosine)
 
-  return schedule
+  return _after_warmup(peak_value, warmup_steps, cosine)
 
 
 def warmup_exponential_schedule(peak_value: float, warmup_steps: int,
@@ -68,16 +86,13 @@ def warmup_exponential_schedule(peak_value: float, warmup_steps: int,
                      f'decay_rate <= 1; got warmup_steps={warmup_steps}, '
                      f'decay_steps={decay_steps}, decay_rate={decay_rate}.')
 
-  def schedule(step):
-    step = jnp.asarray(step, jnp.float32)
+  def exponential(step):
     exponent = step / decay_steps
     if staircase:
       exponent = jnp.floor(exponent)
-    decayed = peak_value * jnp.power(decay_rate, exponent)
-    warmup = peak_value * step / max(warmup_steps, 1)
-    return jnp.where(step < warmup_steps, warmup, decayed)
+    return peak_value * jnp.power(decay_rate, exponent)
 
-  return schedule
+  return _after_warmup(peak_value, warmup_steps, exponential)
 
 
 def warmup_linear_schedule(peak_value: float, warmup_steps: int,
@@ -101,19 +116,12 @@ def warmup_linear_schedule(peak_value: float, warmup_steps: int,
   Returns:
     A schedule step -> float32 learning rate, traceable under jit.
   """
-  if warmup_steps < 0 or total_steps <= 0 or warmup_steps > total_steps:
-    raise ValueError('Need 0 <= warmup_steps <= total_steps and '
-                     f'total_steps > 0; got warmup_steps={warmup_steps}, '
-                     f'total_steps={total_steps}.')
-  decay_steps = max(total_steps - warmup_steps, 1)
+  decay_steps = _decay_span(warmup_steps, total_steps)
 
-  def schedule(step):
-    step = jnp.asarray(step, jnp.float32)
-    warmup = peak_value * step / max(warmup_steps, 1)
+  def linear(step):
     # The steps left rather than 1 - the fraction done: exact in float32
     # to the last step of a long run.
     left = jnp.clip((total_steps - step) / decay_steps, 0.0, 1.0)
-    decayed = end_value + (peak_value - end_value) * left
-    return jnp.where(step < warmup_steps, warmup, decayed)
+    return end_value + (peak_value - end_value) * left
 
-  return schedule
+  return _after_warmup(peak_value, warmup_steps, linear)
