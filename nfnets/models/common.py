@@ -336,3 +336,36 @@ class ResidualNet(hk.Module):
       pooled = hk.dropout(hk.next_rng_key(), self.drop_rate, pooled)
     logits = self.fc(pooled)
     return (logits, acts) if return_activations else logits
+
+
+def deep_stem_convs(conv: ConvFactory, out_ch: int,
+                    width: float) -> list[hk.Module]:
+  """The NFNet stem's four 3x3 convs: 16, 32, 64 (times `width`), `out_ch`.
+
+  A function, not a method: Haiku names modules made inside a method after
+  it (`~method/`), and the stem's parameter names are an interface.
+  """
+  stem_widths = [scaled_channels(c, width) for c in (16, 32, 64)]
+  return [
+      conv(stem_widths[0], kernel_shape=3, stride=2, name='stem_conv0'),
+      conv(stem_widths[1], kernel_shape=3, stride=1, name='stem_conv1'),
+      conv(stem_widths[2], kernel_shape=3, stride=1, name='stem_conv2'),
+      conv(out_ch, kernel_shape=3, stride=2, name='stem_conv3'),
+  ]
+
+
+class DeepStemNet(ResidualNet):
+  """A `ResidualNet` with the NFNet stem (`deep_stem_convs`).
+
+  Its `__init__` sets `self.stem_convs = deep_stem_convs(...)` and
+  `self.activation`.
+  """
+
+  def stem(self, x: jax.Array, is_training: bool) -> jax.Array:
+    """Four 3x3 convs, two of them strided, activations between them:
+    [N, H, W, 3] -> [N, H/4, W/4, C]."""
+    del is_training
+    out = x
+    for i, stem_conv in enumerate(self.stem_convs):
+      out = stem_conv(out if i == 0 else self.activation(out))
+    return out

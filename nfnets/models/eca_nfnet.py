@@ -136,7 +136,7 @@ class ECANFBlock(hk.Module):
     return out * self.alpha + shortcut, branch
 
 
-class ECANFNet(common.ResidualNet):
+class ECANFNet(common.DeepStemNet):
   """ECA-NFNet, timm's L-series (see the module docstring)."""
 
   def __init__(self, num_classes: int, variant: str = 'L0', *,
@@ -194,13 +194,7 @@ class ECANFNet(common.ResidualNet):
       final_conv_mult = FINAL_CONV_MULT[variant]
     group_size = common.scaled_channels(group_size, width)
     ch = common.scaled_channels(self.widths[0] // 2, width)
-    stem_widths = [common.scaled_channels(c, width) for c in (16, 32, 64)]
-    self.stem_convs = [
-        conv(stem_widths[0], kernel_shape=3, stride=2, name='stem_conv0'),
-        conv(stem_widths[1], kernel_shape=3, stride=1, name='stem_conv1'),
-        conv(stem_widths[2], kernel_shape=3, stride=1, name='stem_conv2'),
-        conv(ch, kernel_shape=3, stride=2, name='stem_conv3'),
-    ]
+    self.stem_convs = common.deep_stem_convs(conv, ch, width)
     self.plans = common.block_plans(self.depth, alpha, stochdepth_rate)
     self.blocks = []
     for plan in self.plans:
@@ -220,15 +214,6 @@ class ECANFNet(common.ResidualNet):
     if fc_init is None:
       fc_init = hk.initializers.RandomNormal(stddev=0.01)
     self.fc = hk.Linear(num_classes, w_init=fc_init, with_bias=True)
-
-  def stem(self, x: jax.Array, is_training: bool) -> jax.Array:
-    """Four 3x3 convs, two of them strided, activations between them:
-    [N, H, W, 3] -> [N, H/4, W/4, C]."""
-    del is_training
-    out = x
-    for i, stem_conv in enumerate(self.stem_convs):
-      out = stem_conv(out if i == 0 else self.activation(out))
-    return out
 
 
 for _variant in ECA_NFNET_VARIANTS:

@@ -10,7 +10,6 @@ import dataclasses
 from typing import Optional, Sequence, Union
 
 import haiku as hk
-import jax
 
 from nfnets import layers
 from nfnets.models import common
@@ -63,7 +62,7 @@ class NFBlock(common.NFResidualBlock):
   """
 
 
-class NFNet(common.ResidualNet):
+class NFNet(common.DeepStemNet):
   """Normalizer-Free Network, F-series ([NFNet] sec. 5 and Table 1)."""
 
   def __init__(self, num_classes: int, variant: str = 'F0', *,
@@ -105,13 +104,7 @@ class NFNet(common.ResidualNet):
     self.activation = layers.scaled_activation(activation)
     group_size = common.scaled_channels(group_size, width)
     ch = common.scaled_channels(self.widths[0] // 2, width)
-    stem_widths = [common.scaled_channels(c, width) for c in (16, 32, 64)]
-    self.stem_convs = [
-        conv(stem_widths[0], kernel_shape=3, stride=2, name='stem_conv0'),
-        conv(stem_widths[1], kernel_shape=3, stride=1, name='stem_conv1'),
-        conv(stem_widths[2], kernel_shape=3, stride=1, name='stem_conv2'),
-        conv(ch, kernel_shape=3, stride=2, name='stem_conv3'),
-    ]
+    self.stem_convs = common.deep_stem_convs(conv, ch, width)
     self.plans = common.block_plans(self.depth, alpha, stochdepth_rate)
     self.blocks = []
     for plan in self.plans:
@@ -130,15 +123,6 @@ class NFNet(common.ResidualNet):
     if fc_init is None:
       fc_init = hk.initializers.RandomNormal(stddev=0.01)
     self.fc = hk.Linear(num_classes, w_init=fc_init, with_bias=True)
-
-  def stem(self, x: jax.Array, is_training: bool) -> jax.Array:
-    """Four 3x3 convs, two of them strided: [N, H, W, 3] -> [N, H/4, W/4, C]."""
-    del is_training
-    out = x
-    for i, stem_conv in enumerate(self.stem_convs):
-      out = stem_conv(out if i == 0 else self.activation(out))
-    return out
-
 
 
 for _variant in NFNET_VARIANTS:
