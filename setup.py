@@ -33,6 +33,12 @@ setuptools.setup(
             'ipykernel>=6.25',
             # Writes test files the way the released NFNet weights were written.
             'dill>=0.3.3',
+            # Real photographs for the input-pipeline benchmark's fake ImageNet.
+            'scikit-image>=0.22,<0.27',
+            'pillow>=10,<14',
         ],
+        # The input-pipeline benchmark: JPEGs made from scikit-image's photos,
+        # and its PIL + NumPy baseline loader.
+        'benchmarks': ['scikit-image>=0.22,<0.27', 'pillow>=10,<14'],
     },
 )
