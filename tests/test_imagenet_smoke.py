@@ -2,10 +2,10 @@
 
 `fake_imagenet` writes a tiny ImageNet in the layout of the real downloads
 (ILSVRC2012_img_train.tar of per-synset tars, ILSVRC2012_img_val.tar) and
-prepares it offline with tfds' own imagenet2012 builder, so the class ids
-come from the labels.txt and validation_labels.txt that tfds ships. Every
-class has its own colour, so an image paired with another class's label is
-visible in its pixels.
+prepares it offline with tfds' own imagenet2012 builder
+(`benchmarks.fake_imagenet`), so the class ids come from the labels.txt and
+validation_labels.txt that tfds ships. Every class has its own colour, so an
+image paired with another class's label is visible in its pixels.
 """
 import io
 import json
@@ -14,12 +14,12 @@ import pathlib
 import re
 import subprocess
 import sys
-import tarfile
 
 import ml_collections
 import numpy as np
 import pytest
 
+from benchmarks import fake_imagenet as fake_imagenet_lib
 from nfnets import configs
 from nfnets import data
 from nfnets import errors
@@ -46,17 +46,6 @@ SMOKE_FLAGS = ('--config.training.num_steps=2',
                '--config.data.eval_split=validation')
 
 
-def _tfds_file(name: str) -> str:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  return os.path.join(os.path.dirname(tfds.__file__), 'datasets',
-                      'imagenet2012', name)
-
-
-def _read_lines(name: str) -> list[str]:
-  with open(_tfds_file(name)) as f:
-    return f.read().split()
-
-
 def _jpeg(colour: np.ndarray, rng: np.random.Generator) -> bytes:
   """A JPEG of random size, mostly `colour` over a blocky texture."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
@@ -67,12 +56,6 @@ def _jpeg(colour: np.ndarray, rng: np.random.Generator) -> bytes:
   buf = io.BytesIO()
   Image.fromarray(image).save(buf, 'JPEG', quality=90)
   return buf.getvalue()
-
-
-def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
-  info = tarfile.TarInfo(name)
-  info.size = len(payload)
-  tar.addfile(info, io.BytesIO(payload))
 
 
 def _nearest_colour(images: np.ndarray) -> np.ndarray:
@@ -89,34 +72,16 @@ def fake_imagenet(tmp_path_factory) -> dict:
     {'data_dir': the tfds data directory, 'synsets': the classes' synsets in
     colour order, 'val_synsets': validation file name -> intended synset}.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  root = tmp_path_factory.mktemp('fake_imagenet')
-  manual, data_dir = root / 'manual', root / 'data'
-  manual.mkdir()
-  rng = np.random.default_rng(0)
-  val_labels = _read_lines('validation_labels.txt')[:NUM_VAL]
-  synsets = list(dict.fromkeys(val_labels))
-  assert len(synsets) == len(COLOURS)
-  with tarfile.open(manual / 'ILSVRC2012_img_train.tar', 'w') as outer:
-    for c, synset in enumerate(synsets):
-      inner_buf = io.BytesIO()
-      with tarfile.open(fileobj=inner_buf, mode='w') as inner:
-        for i in range(TRAIN_PER_CLASS):
-          _add(inner, f'{synset}_{i}.JPEG', _jpeg(COLOURS[c], rng))
-      _add(outer, f'{synset}.tar', inner_buf.getvalue())
-  val_synsets = {}
-  with tarfile.open(manual / 'ILSVRC2012_img_val.tar', 'w') as tar:
-    # Written in reverse so the builder's sorting, not the archive's order,
-    # has to pair names with labels.
-    for k in reversed(range(NUM_VAL)):
-      name = f'ILSVRC2012_val_{k + 1:08d}.JPEG'
-      val_synsets[name] = val_labels[k]
-      _add(tar, name, _jpeg(COLOURS[synsets.index(val_labels[k])], rng))
-  tfds.builder('imagenet2012', data_dir=str(data_dir)).download_and_prepare(
-      download_config=tfds.download.DownloadConfig(
-          manual_dir=str(manual), try_download_gcs=False))
-  return {'data_dir': data_dir, 'synsets': synsets,
-          'val_synsets': val_synsets}
+  synsets, _ = fake_imagenet_lib.choose_synsets(len(COLOURS), NUM_VAL)
+  built = fake_imagenet_lib.build(
+      tmp_path_factory.mktemp('fake_imagenet'), num_classes=len(COLOURS),
+      train_per_class=TRAIN_PER_CLASS, num_val=NUM_VAL, extract=False,
+      # A validation image shows its synset's class colour.
+      make_image=lambda c, rng: _jpeg(COLOURS[c], rng))
+  assert built.synsets == synsets
+  assert sorted(built.val_synsets.values()) == sorted(synsets)
+  return {'data_dir': built.data_dir, 'synsets': built.synsets,
+          'val_synsets': built.val_synsets}
 
 
 # ------------------------------------------- the prepared data's labels
@@ -125,7 +90,7 @@ def fake_imagenet(tmp_path_factory) -> dict:
 @pytest.mark.slow
 def test_prepared_labels_are_the_encoded_synsets(fake_imagenet):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  class_ids = {s: i for i, s in enumerate(_read_lines('labels.txt'))}
+  class_ids = fake_imagenet_lib.class_ids()
   synsets = fake_imagenet['synsets']
   builder = tfds.builder('imagenet2012',
                          data_dir=str(fake_imagenet['data_dir']))
@@ -194,7 +159,7 @@ def test_smoke_run_trains_and_evaluates_on_imagenet(
   labels = np.concatenate([b['labels'][b['mask']] for b in batches])
   mean, std = data.mean_std(config.data)
   colours = _nearest_colour(images * std + mean)
-  class_ids = {s: i for i, s in enumerate(_read_lines('labels.txt'))}
+  class_ids = fake_imagenet_lib.class_ids()
   np.testing.assert_array_equal(
       labels, [class_ids[synsets[c]] for c in colours])
   assert sorted(labels) == sorted(class_ids[s] for s in synsets)
