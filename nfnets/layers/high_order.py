@@ -23,9 +23,8 @@ or plain NumPy functions alike; `stage_variances` gives the signal variance
 each stage sees, for normalizer-free scaling.
 
 Reference:
-  [HO-ResNet] Luo, Yang, Wang, Gao, Wang, Liu. "Rethinking ResNets:
-    Improved Stacking Strategies With High Order Schemes", arXiv 2103.15244
-    (2021).
+  [HO-ResNet] Luo, Sun, Zhou, Wu, Kamata. "Rethinking ResNets: Improved
+    Stacking Strategies With High Order Schemes", arXiv 2103.15244 (2021).
   [Verner 1978] Verner, J. H. "Explicit Runge-Kutta Methods with Estimates
     of the Local Truncation Error", SIAM J. Numer. Anal. 15(4), 772-790.
 """
@@ -169,7 +168,9 @@ RK8 = _tableau('rk8', 8, 14, a=_RK8_A, b=_RK8_B, c=_RK8_C)
 #   b_8       = +27/140       the code subtracts -27/140 k_8; textbook
 #                             -27/140
 # With b_8 = +27/140 the weights sum to 1 + 54/140 = 97/70, so the step is
-# not consistent (order 0: its output is y + (97/70) h F(y) + O(h^2)).
+# not consistent (order 0: its output is y + (97/70) h F(y) + O(h^2)); with
+# b_8 corrected it would be first order only, the three a entries breaking
+# the order-2 condition sum_i b_i c_i = 1/2.
 # Nodes c here are the row sums of its a. Offered to reproduce the paper's
 # numbers.
 _RK8_AUTHORS_A = {**_RK8_A, (6, 1): _R(4, 75), (12, 7): _R(114464, 135),

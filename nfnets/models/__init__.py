@@ -17,6 +17,7 @@ from nfnets.models import mnasnet
 from nfnets.models import shufflenet
 from nfnets.models import attention
 from nfnets.models import eca_nfnet
+from nfnets.models import ho_resnet
 from nfnets.models.common import Activations
 from nfnets.models.cost import abstract_init
 from nfnets.models.cost import count_macs
