@@ -29,13 +29,16 @@ def test_default_config_is_typed():
 
 def test_unknown_dataset_lists_known_ones():
   config = data.default_config()
-  config.dataset = 'cifar100'
-  with pytest.raises(ValueError, match='digits, imagenet2012'):
+  config.dataset = 'svhn'
+  with pytest.raises(ValueError, match='cifar10, cifar100, digits, '
+                     'imagenet2012, synthetic'):
     data.validate(config)
   with pytest.raises(ValueError, match='known data sets'):
     next(data.build_train(config, batch_size=2, seed=0))
   with pytest.raises(ValueError, match='known data sets'):
-    data.default_config('cifar100')
+    data.default_config('svhn')
+  with pytest.raises(ValueError, match="did you mean 'cifar100'"):
+    data.default_config('cifar-100')
 
 
 @pytest.mark.parametrize('field,value,message', [

@@ -1,4 +1,13 @@
-"""Input pipelines: ImageNet through tensorflow-datasets, and embedded digits.
+"""Input pipelines: one module per data set, named in `DATASETS`.
+
+* 'imagenet2012' (`imagenet`) and 'cifar10' / 'cifar100' (`cifar`) read
+  tensorflow-datasets from `data.data_dir` through the shared tf.data
+  plumbing of `tfds_common` (reading, per-process shards, seeded resumable
+  epochs, padded eval).
+* 'digits' (`digits`): scikit-learn's bundled 8x8 digits, held in memory.
+* 'synthetic' (`synthetic`): one batch of normal noise made per process and
+  yielded every step, for timing the device step without input cost; its
+  train split has ImageNet's size so epoch-based schedules match ImageNet's.
 
 Contract with the runner:
 
@@ -21,11 +30,13 @@ Contract with the runner:
   the stream), never on process_index or process_count, so the per-process
   batches concatenated in process order are the same global batch for any
   number of processes (mixing then needs an even per-process batch).
-  tfds ImageNet: each process reads its own share of the files and seeds its
-  shuffle and augmentation with its process_index, so the stream is a
-  function of (seed, process_index, process_count). Either way, starting at
-  `start_step=k` gives exactly the batches a fresh stream gives after k
-  batches, and processes read disjoint examples.
+  tfds ImageNet and CIFAR: each process reads its own share of the files
+  and seeds its shuffle and augmentation with its process_index, so the
+  stream is a function of (seed, process_index, process_count). Synthetic:
+  example i is a function of (seed, i), as for digits, and every step
+  repeats step 0's batch. In every case, starting at `start_step=k` gives
+  exactly the batches a fresh stream gives after k batches, and processes
+  read disjoint examples.
 * `build_eval(config.data, *, batch_size, process_index=0,
   process_count=1)` yields one pass over the eval split as
   `{'images', 'labels', 'mask': bool [B]}`; the last batch is padded to B with

@@ -1,10 +1,11 @@
 """Data set table, the `config.data` group, and the shared eval preprocessing.
 
 Per-data-set facts (class count, split sizes, normalization statistics, eval
-resizing) live in one table, `DATASETS`; code reads them from there and never
-branches on a data set's name except to pick its pipeline module.
+resizing, pipeline module) live in one table, `DATASETS`; code reads them
+from there and never branches on a data set's name.
 """
 import dataclasses
+import difflib
 from typing import Optional, Union
 
 import jax
@@ -36,8 +37,11 @@ class DatasetSpec:
     eval_crops: the eval geometries its pipeline implements.
     image_size: default train resolution (pixels per side).
     eval_image_size: default eval resolution (pixels per side).
-    source: 'tfds' (read through tensorflow-datasets from `data_dir`) or
-      'bundled' (ships inside a Python package; needs no download).
+    source: 'tfds' (read through tensorflow-datasets from `data_dir`),
+      'bundled' (ships inside a Python package; needs no download) or
+      'synthetic' (generated in memory from the seed; reads nothing).
+    module: its pipeline, the module `nfnets.data.<module>` (imported when
+      first used, so TensorFlow is imported only by pipelines that need it).
     options: the fields of `DATASET_OPTIONS` its pipeline reads; the others
       must keep their defaults (`validate`).
   """
@@ -53,6 +57,7 @@ class DatasetSpec:
   image_size: int
   eval_image_size: int
   source: str
+  module: str
   options: tuple[str, ...]
 
 
@@ -60,7 +65,7 @@ class DatasetSpec:
 # configured data set does not read must keep its `default_config` value:
 # a value the pipeline would ignore is a mistake, not a setting.
 DATASET_OPTIONS = ('data_dir', 'crop_padding', 'shuffle_buffer', 'prefetch',
-                   'max_shift')
+                   'max_shift', 'randaugment_layers')
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -81,9 +86,10 @@ DATASETS: dict[str, DatasetSpec] = {
         image_size=32,
         eval_image_size=32,
         source='bundled',
+        module='digits',
         # Held in memory and cut by index (no tf.data); eval is a plain
         # resize, so crop_padding has nothing to pad.
-        options=('max_shift',),
+        options=('max_shift', 'randaugment_layers'),
     ),
     # ILSVRC-2012 through tensorflow-datasets; the usual torchvision/TF-slim
     # normalization constants, as used by the reference NFNet release.
@@ -100,7 +106,76 @@ DATASETS: dict[str, DatasetSpec] = {
         image_size=192,
         eval_image_size=256,
         source='tfds',
-        options=('data_dir', 'crop_padding', 'shuffle_buffer', 'prefetch'),
+        module='imagenet',
+        options=('data_dir', 'crop_padding', 'shuffle_buffer', 'prefetch',
+                 'randaugment_layers'),
+    ),
+    # CIFAR-10 and CIFAR-100 (Krizhevsky, 2009) through tensorflow-datasets
+    # (CIFAR-100's 'label' is the fine label). Statistics: the per-channel
+    # mean and std of the training pixels as the CIFAR literature uses them,
+    # e.g. szagoruyko/wide-residual-networks (pytorch/main.py) and
+    # uoguelph-mlrg/Cutout (train.py) for CIFAR-10, and 255 x (0.5071,
+    # 0.4867, 0.4408) / (0.2675, 0.2565, 0.2761) of
+    # weiaicunzai/pytorch-cifar100 (conf/global_settings.py) for CIFAR-100.
+    # Eval is the 32 px image itself (resized only if eval_image_size is
+    # not 32), so crop_padding has nothing to pad.
+    'cifar10': DatasetSpec(
+        num_classes=10,
+        splits={'train': 50_000, 'test': 10_000},
+        train_split='train',
+        eval_split='test',
+        mean=(125.3, 123.0, 113.9),
+        std=(63.0, 62.1, 66.7),
+        resize_method='bilinear',
+        eval_crop='resize',
+        eval_crops=('resize',),
+        image_size=32,
+        eval_image_size=32,
+        source='tfds',
+        module='cifar',
+        options=('data_dir', 'shuffle_buffer', 'prefetch',
+                 'randaugment_layers'),
+    ),
+    'cifar100': DatasetSpec(
+        num_classes=100,
+        splits={'train': 50_000, 'test': 10_000},
+        train_split='train',
+        eval_split='test',
+        mean=(129.3, 124.1, 112.4),
+        std=(68.2, 65.4, 70.4),
+        resize_method='bilinear',
+        eval_crop='resize',
+        eval_crops=('resize',),
+        image_size=32,
+        eval_image_size=32,
+        source='tfds',
+        module='cifar',
+        options=('data_dir', 'shuffle_buffer', 'prefetch',
+                 'randaugment_layers'),
+    ),
+    # Normal noise made once per process, for timing the device step alone.
+    # The train split has ImageNet's size, so schedules given in epochs
+    # behave as on ImageNet; the eval split is a few batches' worth, enough
+    # for the runner's eval path. ImageNet's statistics and bicubic resize
+    # serve `preprocess_for_eval` on real images; the batches themselves are
+    # already standardized.
+    'synthetic': DatasetSpec(
+        num_classes=1000,
+        splits={'train': 1_281_167, 'validation': 2048},
+        train_split='train',
+        eval_split='validation',
+        mean=(0.485 * 255, 0.456 * 255, 0.406 * 255),
+        std=(0.229 * 255, 0.224 * 255, 0.225 * 255),
+        resize_method='bicubic',
+        eval_crop='resize',
+        eval_crops=('resize',),
+        image_size=224,
+        eval_image_size=224,
+        source='synthetic',
+        module='synthetic',
+        # Augmentation of noise would only add host work; MixUp/CutMix stay
+        # (their targets change the step's loss).
+        options=(),
     ),
 }
 
@@ -140,21 +215,23 @@ def default_config(dataset: str = 'digits') -> ml_collections.ConfigDict:
       # eval_image_size / (eval_image_size + crop_padding) of the shorter
       # side, then resize). None: the data set's default.
       eval_crop=config_dict.placeholder(str),
-      # tfds data sets only (digits are evaluated with a plain resize).
+      # ImageNet only: the other data sets are evaluated with a plain resize.
       crop_padding=32,
       # Digits only: random translation by up to this many pixels (at
-      # image_size resolution) per example; 0 disables it. ImageNet uses the
-      # inception-style random crop and a horizontal flip instead, so its
-      # default is 0 (off).
+      # image_size resolution) per example; 0 disables it. ImageNet and
+      # CIFAR use their own random crops and a horizontal flip instead, so
+      # their default is 0 (off).
       max_shift=2 if 'max_shift' in spec.options else 0,
       # RandAugment: number of ops per image (0 disables) and magnitude on
       # the AutoAugment scale where 10 is each op's nominal maximum. Digits
-      # runs the same TF ops eagerly per batch (imports TensorFlow).
+      # runs the same TF ops eagerly per batch (imports TensorFlow);
+      # synthetic data is not augmented (layers must stay 0).
       randaugment_layers=0,
       randaugment_magnitude=10.0,
       # Beta(alpha, alpha) parameters; 0 disables. With both on, ImageNet
-      # CutMixes the first half of each batch and MixUps the second; digits
-      # mixes stream positions in pairs (2k, 2k + 1), CutMix for even k.
+      # and CIFAR CutMix the first half of each batch and MixUp the second;
+      # digits mixes stream positions in pairs (2k, 2k + 1), CutMix for even
+      # k; synthetic batches carry random mix_labels and Beta mix_ratios.
       mixup_alpha=0.0,
       cutmix_alpha=0.0,
       # tfds data sets only (tf.data): encoded examples held in the shuffle
@@ -168,8 +245,10 @@ def default_config(dataset: str = 'digits') -> ml_collections.ConfigDict:
 def get_spec(dataset: str) -> DatasetSpec:
   """The `DatasetSpec` for a name; unknown names list the known ones."""
   if dataset not in DATASETS:
+    close = difflib.get_close_matches(str(dataset), DATASETS, n=1)
+    hint = f'did you mean {close[0]!r}? ' if close else ''
     raise ValueError(
-        f'Unknown data set {dataset!r}; known data sets: '
+        f'Unknown data set {dataset!r}; {hint}known data sets: '
         f'{", ".join(sorted(DATASETS))}.')
   return DATASETS[dataset]
 
@@ -216,6 +295,11 @@ def validate(data_config: ml_collections.ConfigDict) -> None:
       raise ValueError(
           f'Unknown split {split!r} for data set {data_config.dataset!r}; '
           f'known splits: {", ".join(spec.splits)}.')
+    if split != _split_base(split) and spec.source != 'tfds':
+      raise ValueError(
+          f'Split {split!r}: slices are a tensorflow-datasets feature and '
+          f'{data_config.dataset!r} is not read through it; use one of '
+          f'{", ".join(spec.splits)}.')
   if eval_crop(data_config) not in spec.eval_crops:
     raise ValueError(
         f'eval_crop for {data_config.dataset!r} must be one of '
@@ -251,7 +335,7 @@ def _check_options(data_config: ml_collections.ConfigDict) -> None:
     keep = ('leave it unset' if defaults[field] is None
             else f'use its default ({defaults[field]!r})')
     hint = ''
-    if tfds_only and spec.source != 'tfds':
+    if tfds_only and spec.source == 'bundled':
       hint = (", or for an ImageNet smoke run use an ImageNet recipe's "
               "'runlocal,imagenet' form (e.g. "
               '--config=experiments/nfnet_f0.py:runlocal,imagenet)')

@@ -1,5 +1,6 @@
 """Entry points that pick a data set's pipeline, and device prefetching."""
 import collections
+import importlib
 import itertools
 from typing import Any, Iterator, Optional
 
@@ -8,19 +9,17 @@ import ml_collections
 import numpy as np
 
 from nfnets.data import base
-from nfnets.data import digits
 
 Batch = dict[str, np.ndarray]
 
 
 def _module(data_config: ml_collections.ConfigDict) -> Any:
+  """The validated config's pipeline module, `DatasetSpec.module`."""
   base.validate(data_config)
-  if data_config.dataset == 'digits':
-    return digits
   # Imported on demand: TensorFlow takes seconds to import and the digits
-  # path never needs it.
-  from nfnets.data import imagenet  # pylint: disable=g-import-not-at-top
-  return imagenet
+  # and synthetic pipelines never need it.
+  return importlib.import_module(
+      f'nfnets.data.{base.get_spec(data_config.dataset).module}')
 
 
 def check_available(data_config: ml_collections.ConfigDict) -> None:
