@@ -20,7 +20,7 @@ about 0.5 ms per 32 px image on this 2-core machine after a one-off ~5 s
 trace), so CPU smoke runs of an ImageNet recipe exercise its augmentation.
 """
 import functools
-from typing import Iterator
+from typing import Iterator, Optional
 
 import ml_collections
 import numpy as np
@@ -37,6 +37,7 @@ _SPLIT_SEED = 0
 _SHIFT_STREAM = 0x53484654
 _RANDAUGMENT_STREAM = 0x52414e44
 _MIX_STREAM = 0x4d495846
+_SUBSET_STREAM = 0x53554253
 
 
 @functools.lru_cache(maxsize=1)
@@ -72,6 +73,44 @@ def raw_images(split: str = 'test') -> tuple[np.ndarray, np.ndarray]:
                      f'{", ".join(_raw())}.')
   images, labels = _raw()[split]
   return images.copy(), labels.copy()
+
+
+@functools.lru_cache(maxsize=8)
+def _train_subset(num_train: int) -> np.ndarray:
+  order = np.random.default_rng([_SPLIT_SEED, _SUBSET_STREAM]).permutation(
+      len(_raw()['train'][1]))
+  labels = _raw()['train'][1][order]
+  # Rank of each example within its class in the shuffled order; taking
+  # examples by (rank, position) deals them out to the classes in turn.
+  rank = np.empty(len(order), np.int64)
+  for c in np.unique(labels):
+    rank[labels == c] = np.arange(np.sum(labels == c))
+  chosen = order[np.lexsort((np.arange(len(order)), rank))[:num_train]]
+  return np.sort(chosen)
+
+
+def train_subset(num_train: int) -> np.ndarray:
+  """Indices into the train split of a fixed class-balanced subset.
+
+  The subset is the same for every seed and process, the class counts
+  differ by at most one, and a smaller subset is part of every larger one,
+  so few-example studies vary only initialization and data order.
+
+  Args:
+    num_train: examples to keep, 1 to 1437 (the whole train split).
+
+  Returns:
+    Sorted int [num_train] positions in `raw_images('train')`.
+
+  Raises:
+    InputError: num_train outside 1..1437.
+  """
+  total = len(_raw()['train'][1])
+  if not 1 <= num_train <= total:
+    raise errors.InputError(
+        f'train_examples={num_train}: the digits train split has {total} '
+        f'images; use 1 to {total} (or None for all).')
+  return _train_subset(int(num_train)).copy()
 
 
 def _resize_matrix(size_in: int, size_out: int) -> np.ndarray:
@@ -265,7 +304,8 @@ def num_examples(data_config: ml_collections.ConfigDict, split: str) -> int:
 
 def build_train(data_config: ml_collections.ConfigDict, *, batch_size: int,
                 seed: int, start_step: int = 0, process_index: int = 0,
-                process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+                process_count: int = 1, train_examples: Optional[int] = None
+                ) -> Iterator[dict[str, np.ndarray]]:
   """Endless per-process training batches; see `nfnets.data` for the contract.
 
   Global batch `step` covers positions [step * G, (step + 1) * G) of the
@@ -275,13 +315,19 @@ def build_train(data_config: ml_collections.ConfigDict, *, batch_size: int,
   only on (seed, its position), so the global batches do not depend on
   process_count.
 
+  `train_examples` (not a config field; for few-example studies) draws the
+  stream from `train_subset(train_examples)` instead of the whole split.
+
   Raises:
     InputError: (at the call, not the first batch) if mixing is on and
-      batch_size is odd.
+      batch_size is odd, or train_examples is out of range.
   """
   check_batch(data_config, batch_size)
   images, labels = _upsampled(_split_name(base.train_split(data_config)),
                               data_config.image_size)
+  if train_examples is not None:
+    keep = train_subset(train_examples)
+    images, labels = images[keep], labels[keep]
   n = len(labels)
   global_batch = batch_size * process_count
   perms = {}
