@@ -56,13 +56,15 @@ def parse(argv):
 
 def test_every_config_file_is_covered():
   # The MBConv families' files are tested in test_efficientnet/test_mnasnet,
-  # the ShuffleNets' in test_shufflenet, the ECA-NFNets' in test_eca_nfnet.
+  # the ShuffleNets' in test_shufflenet, the ECA-NFNets' in test_eca_nfnet,
+  # the high-order CIFAR ResNets' in test_ho_resnet.
   mbconv = {*(f'efficientnet_b{i}' for i in range(8)), 'mnasnet_a1',
             'mnasnet_b1'}
   shufflenet = {*(f'shufflenet_v1_g{g}' for g in (1, 2, 3, 4, 8)),
                 *(f'shufflenet_v2_x{x}' for x in ('0_5', '1_0', '1_5', '2_0'))}
   expected = {*NFNET_RECIPE, 'nf_resnet50', 'nf_regnet_b0', 'digits', *mbconv,
-              *shufflenet, *(f'eca_nfnet_l{i}' for i in range(4))}
+              *shufflenet, *(f'eca_nfnet_l{i}' for i in range(4)),
+              'ho_resnet_cifar'}
   assert {p.stem for p in EXPERIMENTS.glob('*.py')} == expected
 
 

@@ -1,7 +1,9 @@
 """High-order CIFAR ResNets: parameter counts against a closed form and the
 released code's, feature-map sizes per stem stride, a block against its
-hand-written composition, a sub-block against NumPy, and the runner's train
-step."""
+hand-written composition, a sub-block against NumPy, the config and the
+runner's train step."""
+import pathlib
+
 import haiku as hk
 import jax
 import jax.numpy as jnp
@@ -9,9 +11,14 @@ import numpy as np
 import pytest
 
 import nfnets.models as models
+from nfnets.cli import config_flag
 from nfnets.layers import high_order
 from nfnets.models import ho_resnet
+from nfnets.train import config as train_config
+from nfnets.train import optimizer as train_optimizer
+from tests.test_experiment import one_runner_step
 
+EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / 'experiments'
 WIDTHS = (16, 32, 64)
 
 
@@ -186,3 +193,82 @@ def test_post_activation_off_leaves_block_outputs_signed():
   (_, acts), _ = fwd.apply(params, state, None, x, return_activations=True)
   assert float(jnp.min(acts.blocks[-1])) < 0
   assert float(jnp.min(acts.pooled)) >= 0  # The head's ReLU.
+
+
+# The config ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('arg, name, depth', [
+    ('scheme=rk4', 'ho_resnet26_rk4', (1, 1, 1)),
+    ('scheme=euler', 'ho_resnet26_euler', (4, 4, 4)),
+    ('scheme=rk8', 'ho_resnet86_rk8', (1, 1, 1)),
+    ('scheme=rk8_authors,dataset=cifar100', 'ho_resnet86_rk8_authors',
+     (1, 1, 1)),
+    ('layers=86,scheme=midpoint', 'ho_resnet86_midpoint', (7, 7, 7)),
+    # 50 layers: 8 sub-blocks per stage, no registered name.
+    ('scheme=rk4,layers=50', 'ho_resnet26_euler', (2, 2, 2)),
+])
+def test_config_picks_scheme_and_depth(arg, name, depth):
+  config = config_flag.load(f'ho_resnet_cifar:{arg}')
+  train_config.validate_config(config, num_devices=1)
+  assert config.model.name == name
+  assert config.model.kwargs.depth == depth
+  assert config.model.kwargs.stacking == arg.split('scheme=')[1].split(',')[0]
+  assert config.data.dataset == ('cifar100' if 'cifar100' in arg
+                                 else 'cifar10')
+  tc, opt = config.training, config.optimizer
+  assert (tc.batch_size, tc.num_epochs, tc.label_smoothing) == (128, 200, 0.0)
+  assert train_optimizer.peak_learning_rate(opt, 128) == pytest.approx(0.1)
+  assert (opt.momentum, opt.nesterov, opt.weight_decay) == (0.9, False, 5e-4)
+  assert (opt.schedule, opt.clipping, opt.warmup_epochs) == ('cosine', 0, 0)
+  # 200 epochs of the 50,000 training images.
+  assert train_config.get_steps(tc, 'num', batch_size=128,
+                                num_examples=50_000) == 78_125
+
+
+def test_config_by_path_and_default():
+  by_path = config_flag.load(
+      f'{EXPERIMENTS / "ho_resnet_cifar.py"}:scheme=rk4')
+  assert by_path == config_flag.load('ho_resnet_cifar:scheme=rk4')
+  assert config_flag.load('ho_resnet_cifar').model.name == 'ho_resnet26_rk4'
+
+
+@pytest.mark.parametrize('arg, message', [
+    ('scheme=rk5', "Did you mean 'rk8'"),
+    ('sceme=rk4', "Did you mean 'scheme'"),
+    ('runlcal', "Did you mean 'runlocal'"),
+    ('dataset=cifar1000', "Did you mean 'cifar100'"),
+    ('scheme=rk8,layers=26', 'e.g. layers=86'),
+    ('layers=x', 'layers must be 6 m \\+ 2'),
+    ('runlocal,digits', 'two different runs'),
+])
+def test_config_argument_errors(arg, message):
+  with pytest.raises(config_flag.ConfigLoadError, match=message) as info:
+    config_flag.load(f'ho_resnet_cifar:{arg}')
+  assert len(str(info.value).splitlines()) == 1
+
+
+def test_digits_form_trains_the_full_network_on_digits():
+  config = config_flag.load('ho_resnet_cifar:scheme=midpoint,digits')
+  train_config.validate_config(config, num_devices=1)
+  assert config.data.dataset == 'digits' and 'width' not in config.model.kwargs
+  assert train_config.durations(config) == (450, 0)
+
+
+def test_one_runner_step_on_digits():
+  config = config_flag.load('ho_resnet_cifar:scheme=rk4,runlocal')
+  assert config.data.dataset == 'digits'
+  config.model.kwargs.depth = (1, 1)
+  config.model.kwargs.widths = (4, 8)
+  config.model.kwargs.width = 1.0
+  config.data.image_size = config.data.eval_image_size = 16
+  config.training.batch_size = 8
+  state, new, metrics, schedule = one_runner_step(config)
+  assert int(new.step) == 1
+  assert 1.0 < float(metrics['loss']) < 5.0  # About log(10) at init.
+  assert float(schedule(0)) == pytest.approx(0.1 * 8 / 128)
+  moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
+                       state.params, new.params)
+  # Every sub-block of both rk4 blocks (4 + 4) and the stem and classifier.
+  assert sum(k.endswith('/conv1') for k in moved) == 8
+  assert all(step > 0 for leaves in moved.values() for step in leaves.values())
