@@ -228,7 +228,7 @@ def _with(config, path, value):
     ('training.label_smoothing', 'high', r'label_smoothing must be float'),
     ('model.name', 'nfnet_f9', r"Unknown model 'nfnet_f9'.*nfnet_f0"),
     ('model.kwargs.depht', 3, r"does not take.*depht.*depth"),
-    ('data.dataset', 'cifar10', r"Unknown data set 'cifar10'.*digits"),
+    ('data.dataset', 'svhn', r"Unknown data set 'svhn'.*cifar100, digits"),
     ('training.compute_dtype', 'float8', r'compute_dtype must be one of'),
     ('training.batch_size', 12, r'batch_size=12 does not divide over 8'),
     ('eval.batch_size', 100, r'eval\.batch_size=100 does not divide over 8'),
