@@ -225,6 +225,16 @@ class ResBlock(hk.Module):
   def __call__(self, x: jax.Array,
                is_training: bool) -> tuple[jax.Array, jax.Array]:
     """Returns (block output, residual branch output), NHWC."""
+    shortcut, _, branch = self.residual(x, is_training)
+    if self.ordering == 'conv_bn_relu':
+      return self.activation(branch + shortcut), branch
+    return branch + shortcut, branch
+
+  def residual(self, x: jax.Array, is_training: bool
+               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(shortcut, k, branch), NHWC: the parts a `common.HighOrderBlock`
+    combines. k is the branch itself (no residual scale); the block output
+    is shortcut + k, activated in the post-activation ordering."""
     if self.ordering == 'conv_bn_relu':
       shortcut = x
       if self.use_projection:
@@ -232,13 +242,13 @@ class ResBlock(hk.Module):
       out = self.activation(self.norms[0](self.conv0(x), is_training))
       out = self.activation(self.norms[1](self.conv1(out), is_training))
       branch = self.norms[2](self.conv2(out), is_training)
-      return self.activation(branch + shortcut), branch
+      return shortcut, branch, branch
     out = self._pre(0, x, is_training)
     shortcut = self.conv_shortcut(out) if self.use_projection else x
     out = self.conv0(out)
     out = self.conv1(self._pre(1, out, is_training))
     branch = self.conv2(self._pre(2, out, is_training))
-    return branch + shortcut, branch
+    return shortcut, branch, branch
 
 
 class ResNet(common.ResidualNet):
@@ -252,7 +262,8 @@ class ResNet(common.ResidualNet):
                activation: str = 'relu', drop_rate: Optional[float] = None,
                fc_init: Optional[hk.initializers.Initializer] = None,
                zero_init_last_norm: Optional[bool] = None,
-               remat: bool = False, name: str = 'ResNet'):
+               remat: bool = False, stacking: str = 'euler',
+               name: str = 'ResNet'):
     """Builds the network.
 
     Args:
@@ -272,6 +283,18 @@ class ResNet(common.ResidualNet):
         BatchNorm, whose networks keep He et al.'s all-ones init (the
         normalized networks of the signal propagation plots); pass True
         to train BN and GN from the same init.
+      stacking: high-order stacking scheme ([HO-ResNet], see
+        `common.HighOrderBlock`), a name in `layers.high_order.TABLEAUX`;
+        'euler' is the plain network. With s stages `depth` counts
+        sub-blocks, a multiple of s per stage, and the network has the
+        parameters of the plain one of that depth. In the post-activation
+        ordering every stage input and the block output are activated, as
+        every block's input and output are there.
+
+    Raises:
+      UnknownTableauError: an unknown `stacking`.
+      StackingError: a depth that is not a multiple of the scheme's stages
+        (the message gives the nearest).
     """
     if ordering not in ORDERINGS:
       raise ValueError(f'ordering must be one of {ORDERINGS}, got '
@@ -294,16 +317,20 @@ class ResNet(common.ResidualNet):
     # first block and normalizes the last block's output instead ([PreAct]).
     if ordering == 'conv_bn_relu':
       self.initial_norm = mk(ch, 'initial_norm')
-    self.blocks = []
+    tableau = common.resolve_stacking(stacking, self.depth)
+    sub_blocks = []
     for stage, num_blocks in enumerate(self.depth):
       out_ch = common.scaled_channels(self.widths[stage], width)
       for block in range(num_blocks):
         stride = 2 if block == 0 and stage > 0 else 1
-        self.blocks.append(ResBlock(
+        sub_blocks.append(ResBlock(
             ch, out_ch, stride=stride, ordering=ordering, norm=norm,
             groups=groups, bn_decay=bn_decay, activation=self.activation,
             zero_init_last_norm=zero_init_last_norm))
         ch = out_ch
+    self.blocks = common.high_order_blocks(
+        sub_blocks, tableau,
+        self.activation if ordering == 'conv_bn_relu' else None)
     if ordering != 'conv_bn_relu':
       self.final_norm = mk(ch, 'final_norm')
     if fc_init is None:

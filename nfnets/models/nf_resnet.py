@@ -3,6 +3,18 @@
 Pre-activation bottleneck ResNets without normalization: Scaled WS convolutions,
 the alpha/beta variance schedule and a zero-initialised skip gain. The 288- and
 600-layer depths are those of the paper's signal propagation study (Figure 1).
+
+`stacking` regroups the blocks into the high-order residual blocks of
+[HO-ResNet] (Luo et al. 2021, "Rethinking ResNets: Improved Stacking
+Strategies With High Order Schemes"): one Runge-Kutta step of s sub-blocks
+(`common.HighOrderBlock`), stage depths counted in sub-blocks, the parameters
+those of the network without stacking: sub-block m over the network keeps
+the plain network's path, 'NF_ResNet/~/nf_res_block_{m}' ('nf_res_block'
+for m = 0), so block k of an s-stage scheme holds sub-blocks k*s..k*s+s-1.
+Each sub-block's beta follows the scheme's variance (`common.block_plans`,
+docs/high_order_nf.md):
+
+  create('nf_resnet50', stacking='rk4', depth=(4, 4, 8, 4))
 """
 from __future__ import annotations
 
@@ -66,7 +78,8 @@ class NFResNet(common.ResidualNet):
                fc_init: Optional[hk.initializers.Initializer] = None,
                use_se: bool = False, se_ratio: float = 0.25,
                conv: common.ConvFactory = layers.WSConv2D,
-               remat: bool = False,
+               remat: bool = False, stacking: str = 'euler',
+               ho_variance: str = 'scheme',
                name: str = 'NF_ResNet'):
     """Builds the network.
 
@@ -84,6 +97,19 @@ class NFResNet(common.ResidualNet):
       use_se: gate each branch with Squeeze-Excite.
       se_ratio: Squeeze-Excite hidden width as a fraction of its input.
       conv: convolution module factory (WSConv2D by default).
+      stacking: high-order stacking scheme, a name in
+        `layers.high_order.TABLEAUX` ('euler', the plain network, or
+        'midpoint', 'rk4', 'rk8', ...). With s stages, `depth` counts
+        sub-blocks, a multiple of s per stage; stochastic depth rates grow
+        over sub-blocks; `return_activations` gives one entry per sub-block.
+      ho_variance: 'scheme' (each sub-block's beta from the scheme's
+        variance) or 'euler' (the betas of the network without stacking),
+        see `common.block_plans`.
+
+    Raises:
+      UnknownTableauError: an unknown `stacking`.
+      StackingError: an unknown `ho_variance`, or a depth that is not a
+        multiple of the scheme's stages (the message gives the nearest).
     """
     super().__init__(NF_RESNET_VARIANTS, variant, depth=depth, widths=widths,
                      drop_rate=drop_rate, remat=remat, name=name)
@@ -91,18 +117,21 @@ class NFResNet(common.ResidualNet):
     ch = common.scaled_channels(_STEM_WIDTH, width)
     self.initial_conv = conv(ch, kernel_shape=7, stride=2,
                              name='initial_conv')
-    self.plans = common.block_plans(self.depth, alpha, stochdepth_rate)
-    self.blocks = []
+    tableau = common.resolve_stacking(stacking, self.depth)
+    self.plans = common.block_plans(self.depth, alpha, stochdepth_rate,
+                                    tableau, ho_variance)
+    sub_blocks = []
     for plan in self.plans:
       out_ch = common.scaled_channels(self.widths[plan.stage], width)
       stride = 2 if plan.first_in_stage and plan.stage > 0 else 1
-      self.blocks.append(NFResBlock(
+      sub_blocks.append(NFResBlock(
           ch, out_ch, width=common.scaled_channels(out_ch, _BOTTLENECK_RATIO),
           stride=stride, se='out' if use_se else None, se_ratio=se_ratio,
           pool_shortcut=False, beta=plan.beta, alpha=alpha,
           activation=self.activation, conv=conv,
           stochdepth_rate=plan.stochdepth_rate))
       ch = out_ch
+    self.blocks = common.high_order_blocks(sub_blocks, tableau)
     if fc_init is None:
       fc_init = hk.initializers.RandomNormal(stddev=0.01)
     self.fc = hk.Linear(num_classes, w_init=fc_init, with_bias=True)
