@@ -132,7 +132,8 @@ def validate(data_config: ml_collections.ConfigDict) -> None:
   default: e.g. `data_dir` set for 'digits' is an error, not a no-op.
   """
   spec = get_spec(data_config.dataset)
-  _check_options(data_config)
+  if not spec.stand_in:
+    _check_options(data_config)
   for split in (train_split(data_config), eval_split(data_config)):
     if _split_base(split) not in spec.splits:
       raise ValueError(
@@ -143,7 +144,7 @@ def validate(data_config: ml_collections.ConfigDict) -> None:
           f'Split {split!r}: slices are a tensorflow-datasets feature and '
           f'{data_config.dataset!r} is not read through it; use one of '
           f'{", ".join(spec.splits)}.')
-  if eval_crop(data_config) not in spec.eval_crops:
+  if eval_crop(data_config) not in spec.eval_crops and not spec.stand_in:
     raise ValueError(
         f'eval_crop for {data_config.dataset!r} must be one of '
         f'{spec.eval_crops}, got {data_config.eval_crop!r}.')

@@ -27,7 +27,10 @@ MixUp/CutMix: the images are noise, so mixing them would change nothing the
 step's cost depends on; the batch carries the 'mix_labels' (uniform random
 classes) and 'mix_ratio' (drawn from Beta(alpha, alpha); with both on,
 CutMix's alpha for even positions and MixUp's for odd ones) that the train
-step's mixed loss reads. RandAugment is refused (`DatasetSpec.options`).
+step's mixed loss reads. Host-side options of the recipe it replaces
+(RandAugment, crops, shifts, shuffling, `data_dir`, `eval_crop`) are
+accepted and not read (`DatasetSpec.stand_in`), so any recipe switches to
+synthetic data with `--config.data.dataset=synthetic` alone.
 
 The arrays are read-only: a consumer that wrote into one would change every
 later batch.
