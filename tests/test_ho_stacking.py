@@ -16,6 +16,7 @@ from nfnets import spp
 from nfnets.layers import high_order
 from nfnets.models import common
 from nfnets.models import registry
+from nfnets.models import stacking
 
 # Closed forms of docs/high_order_nf.md: sum_j a_ij^2 per stage input (from
 # the second stage on) and sum_i b_i^2 of the output.
@@ -87,8 +88,8 @@ def test_nf_plans_follow_the_closed_forms(scheme):
   alpha, rate = 0.3, 0.1
   depths = (8, 8)
   s = _STAGES[scheme]
-  plans = common.block_plans(depths, alpha, rate,
-                             high_order.get_tableau(scheme))
+  plans = stacking.block_plans(depths, alpha, rate,
+                               high_order.get_tableau(scheme))
   assert len(plans) == sum(depths)
   var_in = 1.0
   for m, plan in enumerate(plans):
@@ -109,8 +110,8 @@ def test_nf_plans_follow_the_closed_forms(scheme):
     if i == s - 1:
       var_in = var_out
   # The Euler rule: the betas of the network without stacking.
-  euler = common.block_plans(depths, alpha, rate,
-                             high_order.get_tableau(scheme), 'euler')
+  euler = stacking.block_plans(depths, alpha, rate,
+                               high_order.get_tableau(scheme), 'euler')
   plain = common.block_plans(depths, alpha, rate)
   assert [p.beta for p in euler] == [p.beta for p in plain]
   assert [p.expected_var for p in euler] == [p.expected_var for p in plain]
@@ -234,8 +235,8 @@ def test_measured_variance_follows_the_scheme_rule(signal, scheme):
   measured = np.array([_var(b) for b in acts.blocks])
   np.testing.assert_allclose(measured, _closed_form(scheme), rtol=_RTOL)
   # The model's own plans say the same.
-  plans = common.block_plans(_DEPTH, _ALPHA, 0.0,
-                             high_order.get_tableau(scheme))
+  plans = stacking.block_plans(_DEPTH, _ALPHA, 0.0,
+                               high_order.get_tableau(scheme))
   np.testing.assert_allclose([p.expected_var for p in plans],
                              _closed_form(scheme), rtol=1e-12)
 
@@ -247,8 +248,8 @@ def test_euler_rule_misses_the_rk4_variance(signal):
   _, _, _, runs, _ = signal
   _, acts = runs['rk4', 'euler']
   measured = np.array([_var(b) for b in acts.blocks])
-  plans = common.block_plans(_DEPTH, _ALPHA, 0.0, high_order.get_tableau('rk4'),
-                             'euler')
+  plans = stacking.block_plans(_DEPTH, _ALPHA, 0.0,
+                               high_order.get_tableau('rk4'), 'euler')
   predicted = np.array([p.expected_var for p in plans])
   assert np.max(np.abs(measured / predicted - 1)) > 5 * _RTOL
   # Its last transition's beta assumed 1 + 8 alpha^2 = 3 for about 1.1:

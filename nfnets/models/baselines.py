@@ -40,6 +40,7 @@ from nfnets import layers
 from nfnets.models import common
 from nfnets.models import nf_resnet
 from nfnets.models import registry
+from nfnets.models import stacking as stacking_lib
 
 ORDERINGS = ('conv_bn_relu', 'bn_relu_conv', 'relu_bn_conv')
 NORMS = ('batch', 'group')
@@ -232,7 +233,7 @@ class ResBlock(hk.Module):
 
   def residual(self, x: jax.Array, is_training: bool
                ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(shortcut, k, branch), NHWC: the parts a `common.HighOrderBlock`
+    """(shortcut, k, branch), NHWC: the parts a `stacking.HighOrderBlock`
     combines. k is the branch itself (no residual scale); the block output
     is shortcut + k, activated in the post-activation ordering."""
     if self.ordering == 'conv_bn_relu':
@@ -284,7 +285,7 @@ class ResNet(common.ResidualNet):
         normalized networks of the signal propagation plots); pass True
         to train BN and GN from the same init.
       stacking: high-order stacking scheme ([HO-ResNet], see
-        `common.HighOrderBlock`), a name in `layers.high_order.TABLEAUX`;
+        `stacking.HighOrderBlock`), a name in `layers.high_order.TABLEAUX`;
         'euler' is the plain network. With s stages `depth` counts
         sub-blocks, a multiple of s per stage, and the network has the
         parameters of the plain one of that depth. In the post-activation
@@ -317,7 +318,7 @@ class ResNet(common.ResidualNet):
     # first block and normalizes the last block's output instead ([PreAct]).
     if ordering == 'conv_bn_relu':
       self.initial_norm = mk(ch, 'initial_norm')
-    tableau = common.resolve_stacking(stacking, self.depth)
+    tableau = stacking_lib.resolve_stacking(stacking, self.depth)
     sub_blocks = []
     for stage, num_blocks in enumerate(self.depth):
       out_ch = common.scaled_channels(self.widths[stage], width)
@@ -328,7 +329,7 @@ class ResNet(common.ResidualNet):
             groups=groups, bn_decay=bn_decay, activation=self.activation,
             zero_init_last_norm=zero_init_last_norm))
         ch = out_ch
-    self.blocks = common.high_order_blocks(
+    self.blocks = stacking_lib.high_order_blocks(
         sub_blocks, tableau,
         self.activation if ordering == 'conv_bn_relu' else None)
     if ordering != 'conv_bn_relu':

@@ -7,11 +7,11 @@ the alpha/beta variance schedule and a zero-initialised skip gain. The 288- and
 `stacking` regroups the blocks into the high-order residual blocks of
 [HO-ResNet] (Luo et al. 2021, "Rethinking ResNets: Improved Stacking
 Strategies With High Order Schemes"): one Runge-Kutta step of s sub-blocks
-(`common.HighOrderBlock`), stage depths counted in sub-blocks, the parameters
+(`stacking.HighOrderBlock`), stage depths counted in sub-blocks, the parameters
 those of the network without stacking: sub-block m over the network keeps
 the plain network's path, 'NF_ResNet/~/nf_res_block_{m}' ('nf_res_block'
 for m = 0), so block k of an s-stage scheme holds sub-blocks k*s..k*s+s-1.
-Each sub-block's beta follows the scheme's variance (`common.block_plans`,
+Each sub-block's beta follows the scheme's variance (`stacking.block_plans`,
 docs/high_order_nf.md):
 
   create('nf_resnet50', stacking='rk4', depth=(4, 4, 8, 4))
@@ -26,6 +26,7 @@ import jax
 from nfnets import layers
 from nfnets.models import common
 from nfnets.models import registry
+from nfnets.models import stacking as stacking_lib
 
 
 _STAGE_WIDTHS = (256, 512, 1024, 2048)
@@ -104,7 +105,7 @@ class NFResNet(common.ResidualNet):
         over sub-blocks; `return_activations` gives one entry per sub-block.
       ho_variance: 'scheme' (each sub-block's beta from the scheme's
         variance) or 'euler' (the betas of the network without stacking),
-        see `common.block_plans`.
+        see `stacking.block_plans`.
 
     Raises:
       UnknownTableauError: an unknown `stacking`.
@@ -117,9 +118,9 @@ class NFResNet(common.ResidualNet):
     ch = common.scaled_channels(_STEM_WIDTH, width)
     self.initial_conv = conv(ch, kernel_shape=7, stride=2,
                              name='initial_conv')
-    tableau = common.resolve_stacking(stacking, self.depth)
-    self.plans = common.block_plans(self.depth, alpha, stochdepth_rate,
-                                    tableau, ho_variance)
+    tableau = stacking_lib.resolve_stacking(stacking, self.depth)
+    self.plans = stacking_lib.block_plans(self.depth, alpha,
+                                          stochdepth_rate, tableau, ho_variance)
     sub_blocks = []
     for plan in self.plans:
       out_ch = common.scaled_channels(self.widths[plan.stage], width)
@@ -131,7 +132,7 @@ class NFResNet(common.ResidualNet):
           activation=self.activation, conv=conv,
           stochdepth_rate=plan.stochdepth_rate))
       ch = out_ch
-    self.blocks = common.high_order_blocks(sub_blocks, tableau)
+    self.blocks = stacking_lib.high_order_blocks(sub_blocks, tableau)
     if fc_init is None:
       fc_init = hk.initializers.RandomNormal(stddev=0.01)
     self.fc = hk.Linear(num_classes, w_init=fc_init, with_bias=True)
