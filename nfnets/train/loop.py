@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 from absl import logging
 import jax
@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from nfnets import data
+from nfnets.data import host_prefetch
 from nfnets.train import checkpoint
 from nfnets.train import config as config_lib
 from nfnets.train import lock as lock_lib
@@ -42,7 +43,8 @@ def _evaluate(eval_step: step_lib.EvalStep, state: state_lib.TrainState,
       config.data, batch_size=config.eval.batch_size // jax.process_count(),
       process_index=jax.process_index(), process_count=jax.process_count())
   totals = {}
-  for batch in data.prefetch_to_devices(batches, sharding):
+  for batch in data.prefetch_to_devices(
+      host_prefetch.prefetch_on_host(batches), sharding):
     for prefix, params, model_state in (
         ('', state.params, state.model_state),
         ('ema_', state.ema_params, state.ema_state)):
@@ -53,6 +55,25 @@ def _evaluate(eval_step: step_lib.EvalStep, state: state_lib.TrainState,
   count = max(int(totals.pop('count')), 1)
   totals.pop('ema_count')
   return {f'eval/{k}': float(v) / count for k, v in totals.items()}
+
+
+def train_batches(config: ml_collections.ConfigDict, start_step: int,
+                  sharding: jax.sharding.Sharding
+                  ) -> Iterator[dict[str, jax.Array]]:
+  """The training batches from `start_step` on, as global sharded arrays.
+
+  This process's host batches are made by a background thread
+  (`host_prefetch`, 2 ahead) and placed on the devices 2 batches ahead of
+  use (`data.prefetch_to_devices`), so neither the host work nor the
+  transfer of the next batch waits for the running step to finish.
+  """
+  tc = config.training
+  host_batches = data.build_train(
+      config.data, batch_size=tc.batch_size // jax.process_count(),
+      seed=tc.seed, start_step=start_step, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  return data.prefetch_to_devices(
+      host_prefetch.prefetch_on_host(host_batches), sharding)
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
@@ -226,10 +247,7 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                                     enabled=jax.process_index() == 0)
   writer.write_hparams(_flatten(checkpoint.config_to_dict(config)))
   _log_startup(config, state, mesh, step, total_steps)
-  batches = data.prefetch_to_devices(data.build_train(
-      config.data, batch_size=tc.batch_size // jax.process_count(),
-      seed=tc.seed, start_step=step, process_index=jax.process_index(),
-      process_count=jax.process_count()), batch_sharded)
+  batches = train_batches(config, step, batch_sharded)
 
   final: Metrics = {}
   pending = metrics_lib.Pending()
@@ -307,6 +325,8 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path,
         f'{e} Training stopped; {where}. Lower the learning rate or the '
         'AGC threshold, or resume from it.') from None
   finally:
+    # Stops the host batch thread now rather than when garbage collected.
+    batches.close()
     try:
       manager.wait_until_finished()
     except Exception:  # pylint: disable=broad-except
