@@ -24,7 +24,7 @@ import statistics
 import sys
 import time
 import types
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -147,28 +147,40 @@ class Model:
 
 
 def build_model(spec: str, num_classes: int = 1000,
-                width: Optional[float] = None, remat: bool = False) -> Model:
-  """Builds a `Model` from a spec string (see the module docstring)."""
+                width: Optional[float] = None, remat: bool = False,
+                overrides: Optional[Mapping[str, Any]] = None) -> Model:
+  """Builds a `Model` from a spec string (see the module docstring).
+
+  Args:
+    spec: a registry name with an optional `@suffix`, or `bn_resnet50`.
+    num_classes: classifier outputs.
+    width: width multiplier override (NF models).
+    remat: rematerialize each residual block (NF models).
+    overrides: further constructor overrides for any model, e.g. a tiny
+      `{'depth': (1, 1, 1, 1), 'width': 0.125}`.
+  """
   name, _, suffix = spec.partition('@')
   if name == 'bn_resnet50':
-    return Model(spec, models.transform('resnet50_bn', num_classes),
+    return Model(spec, models.transform('resnet50_bn', num_classes,
+                                        **(overrides or {})),
                  has_state=True)
   if suffix and suffix not in _CONV_SUFFIXES + _IMPL_SUFFIXES:
     raise ValueError(
         f'Unknown suffix @{suffix} in {spec!r}; valid: '
         f'{", ".join("@" + v for v in _CONV_SUFFIXES + _IMPL_SUFFIXES)}.')
-  overrides: dict[str, Any] = {}
+  kwargs: dict[str, Any] = {}
   if width is not None:
-    overrides['width'] = width
+    kwargs['width'] = width
   if remat:
-    overrides['remat'] = True
+    kwargs['remat'] = True
   if suffix in _CONV_SUFFIXES:
-    overrides['conv'] = layers.PrestandardizedConv2D
+    kwargs['conv'] = layers.PrestandardizedConv2D
   elif suffix and 'conv_impl' in models.accepted_overrides(name):
-    overrides['conv_impl'] = suffix
+    kwargs['conv_impl'] = suffix
   elif suffix:
-    overrides['conv'] = functools.partial(layers.WSConv2D, impl=suffix)
-  fwd = models.transform(name, num_classes, **overrides)
+    kwargs['conv'] = functools.partial(layers.WSConv2D, impl=suffix)
+  kwargs.update(overrides or {})
+  fwd = models.transform(name, num_classes, **kwargs)
   return Model(spec, fwd, has_state=False)
 
 

@@ -108,15 +108,20 @@ def step_parts(config: ml_collections.ConfigDict) -> dict[str, bool]:
 
 
 class _Runner:
-  """One configuration: initialised, compiled, and steppable."""
+  """One configuration: initialised, compiled, and steppable.
+
+  `overrides` are further model constructor arguments (`_common.build_model`),
+  e.g. a shallow depth for a CPU-sized run.
+  """
 
   def __init__(self, spec: str, args: types.SimpleNamespace,
-               remat: bool = False):
+               remat: bool = False,
+               overrides: Optional[dict[str, Any]] = None):
     self.spec = spec
     self.args = args
     self.remat = remat
     self.model = _common.build_model(spec, args.num_classes, args.width,
-                                     remat=remat)
+                                     remat=remat, overrides=overrides)
     devices = jax.devices()[:args.devices]
     if len(devices) < args.devices:
       raise ValueError(f'Asked for {args.devices} devices, have {len(devices)}.')
