@@ -392,6 +392,50 @@ def test_geometric_ops_move_pixels_as_stated(tf_augment):
       np.testing.assert_array_equal(out[y, col], want)
 
 
+def test_geometric_ops_match_tensorflows_projective_transform(tf_augment):
+  # The warps gather whole pixels; TensorFlow's own kernel is the reference,
+  # also in a traced function of unknown image size (as in the pipeline),
+  # where graph rewrites could change the float rounding. At magnitude 10
+  # rotations are +-30 degrees, whose coordinates hit many exact halves.
+  tf, augment = tf_augment
+  sig = [tf.TensorSpec([None, None, 3], tf.float32),
+         tf.TensorSpec([8], tf.float32)]
+  ours = tf.function(lambda x, t: augment._transform(x, tf.unstack(t)[:6]),  # pylint: disable=protected-access
+                     input_signature=sig)
+  reference = lambda x, t: tf.raw_ops.ImageProjectiveTransformV3(
+      images=x[None], transforms=t[None], output_shape=tf.shape(x)[:2],
+      fill_value=128.0, interpolation='NEAREST', fill_mode='CONSTANT')[0]
+  rng = np.random.default_rng(5)
+  for shape, degrees in [((37, 53, 3), -30.0), ((20, 61, 3), 30.0),
+                         ((24, 24, 3), 17.0)]:
+    image = tf.constant(_photo(6, shape), tf.float32)
+    theta = np.deg2rad(degrees)
+    cy, cx = (shape[0] - 1) / 2, (shape[1] - 1) / 2
+    c, s = np.cos(theta), np.sin(theta)
+    transforms = [[c, s, cx - c * cx - s * cy, -s, c, cy + s * cx - c * cy],
+                  [1, rng.uniform(-0.3, 0.3), 0, 0, 1, 0],
+                  [1, 0, 0, rng.uniform(-0.3, 0.3), 1, 0],
+                  [1, 0, -0.45 * shape[1], 0, 1, 0],
+                  [1, 0, 0, 0, 1, 2.5]]
+    for t in transforms:
+      t = tf.constant(list(t) + [0, 0], tf.float32)
+      np.testing.assert_array_equal(ours(image, t), reference(image, t))
+
+
+def test_histogram_ops_keep_a_constant_channel_like_pil(tf_augment):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import ImageOps  # pylint: disable=g-import-not-at-top
+  tf, augment = tf_augment
+  image = _photo(7)
+  image[..., 1] = 90
+  pil = Image.fromarray(image)
+  x = tf.constant(image, tf.float32)
+  np.testing.assert_array_equal(augment.autocontrast(x),
+                                np.asarray(ImageOps.autocontrast(pil)))
+  np.testing.assert_array_equal(augment.equalize(x),
+                                np.asarray(ImageOps.equalize(pil)))
+
+
 def test_randaugment_is_seeded_and_stays_in_range(tf_augment):
   tf, augment = tf_augment
   x = tf.constant(_photo(3, (24, 24, 3)), tf.float32)
