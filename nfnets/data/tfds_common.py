@@ -187,9 +187,24 @@ def resize(image: tf.Tensor, size: int, method: str) -> tf.Tensor:
 
 def normalize(image: tf.Tensor,
               data_config: ml_collections.ConfigDict) -> tf.Tensor:
-  """(image - mean) / std per channel, with the data set's statistics."""
+  """(image - mean) / std per channel, with the data set's statistics.
+
+  Args:
+    image: float32 [..., W, C] on 0..255.
+    data_config: the `config.data` group (picks the statistics).
+
+  Returns:
+    float32, the shape of `image`.
+  """
   mean, std = base.mean_std(data_config)
-  return (image - mean) / std
+  # The [C] statistics repeated along [W * C] rows: TensorFlow's CPU
+  # broadcasting of a [C] vector over [..., W, C] runs ~4x slower, about
+  # 1 ms of a 192 px image's budget. Same arithmetic, same values.
+  shape = tf.shape(image)
+  rows = tf.reshape(image, [-1, shape[-2] * shape[-1]])
+  width = shape[-2:-1]
+  rows = (rows - tf.tile(mean, width)) / tf.tile(std, width)
+  return tf.ensure_shape(tf.reshape(rows, shape), image.shape)
 
 
 def _train_epoch(ds_builder: tfds.core.DatasetBuilder, split,
