@@ -28,7 +28,7 @@ ALLOWED = {
     'models': {'errors', 'layers'},
     'train': {'errors', 'layers', 'models', 'data', 'optim'},
     'pretrained': {'errors', 'models', 'optim', 'train'},
-    'configs': {'models', 'data', 'train'},
+    'configs': {'errors', 'layers', 'models', 'data', 'train'},
     'evaluate': {'errors', 'layers', 'models', 'data', 'pretrained', 'train'},
     'spp': {'errors', 'models'},
     'cli': {'errors', 'evaluate', 'spp', 'pretrained', 'train', 'configs',
