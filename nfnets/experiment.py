@@ -14,6 +14,9 @@ resumes from the work directory's newest checkpoint. Multi-host runs pass
 $JAX_NUM_PROCESSES, $JAX_PROCESS_ID, $JAX_COORDINATOR_ADDRESS) on every host.
 JAX's own flags (--jax_log_compiles, --jax_platforms=cpu, ...) are listed by
 --helpfull; --verbosity=1 shows the libraries' log lines.
+--jax_compilation_cache_dir=DIR keeps the compiled programs in DIR, so that a
+later run of the same model and shapes (a resumed run, a sweep) loads them
+instead of compiling again.
 """
 from __future__ import annotations
 
