@@ -47,14 +47,17 @@ Cost on one H100/H200-class GPU (an estimate, not a measurement: no GPU was
 available where this was written): compile times dominate. There are 10
 train-step compilations (4 F0, 2 F3, 2 ResNet-50, 1 EfficientNet-B0, and
 the runner's F0; the second runner run finds the first one's programs in a
-persistent compilation cache), plus the fake ImageNet's one-off build (about
-a minute; it is reused from --fake_imagenet_dir afterwards). Taking XLA's
-GPU compile time of a train step as 20-60 s (it grows with depth: F3's 48
-blocks at the high end, ResNet-50 at the low) gives 5-8 minutes of compiling;
-the timed steps themselves take seconds (F0 at batch 128 is about 5 TFLOP a
-step). On this repository's 2-core CPU machine F0's train step compiles in
-about 40 s (`python -m benchmarks.train_step --model=nfnet_f0 --batch=8
---image_size=192`).
+persistent compilation cache), plus the runner's initializer and eval step,
+and the fake ImageNet's one-off build (13 s on 2 CPU cores for its 600
+JPEGs; reused from --fake_imagenet_dir afterwards). Taking XLA's GPU compile
+time of a train step as 20-60 s (it grows with depth and with the number of
+distinct convolutions to autotune: F3's 48 blocks at the high end,
+ResNet-50 at the low; F0's step compiles in 35-41 s on 2 CPU cores with
+`python -m benchmarks.train_step --model=nfnet_f0 --batch=8
+--image_size=192`) gives 5-8 minutes of compiling; the timed steps
+themselves take seconds (F0 at batch 128 is about 5 TFLOP a step). Records
+are saved as each is measured, so a run stopped early keeps what it
+measured, and `--sections` splits the suite over several commands.
 
 `--tiny` runs every section on CPU-sized models (one stage of one or two
 blocks at 1/16 width, 16 px, batch 2-4, 2 timed steps; digits instead of the
@@ -254,8 +257,10 @@ def full_plan() -> Plan:
       f0_configs=((64, 'float32'), (64, 'bfloat16'), (128, 'float32'),
                   (128, 'bfloat16')),
       f0_image_size=None,
-      # F3 at 320 px: ~1 GiB of bfloat16 activations per image without remat;
-      # batch 32 fits an 80 GB device.
+      # F3 at 320 px without remat: F0's 205 MiB of XLA temporaries per
+      # float32 image at 192 px (on CPU) times 4x the blocks and 2.8x the
+      # area is ~2.3 GiB per image in float32, about half in bfloat16, so
+      # batch 32 needs ~40-50 GB: it fits an 80 GB device.
       remat_batch=32, remat_image_size=None, remat_dtype='bfloat16',
       pair_batch=128, pair_image_size=224, pair_dtype='bfloat16',
       effnet_batch=128, effnet_dtype='bfloat16', effnet_image_size=None,
