@@ -322,6 +322,13 @@ def tf_augment():
   return tf, augment
 
 
+@pytest.fixture(scope='module')
+def tf_image_ops():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from nfnets.data import image_ops  # pylint: disable=g-import-not-at-top
+  return tf, image_ops
+
+
 def _photo(seed=0, shape=(23, 31, 3)):
   """A smooth-ish random uint8 image (PIL references need uint8)."""
   rng = np.random.default_rng(seed)
@@ -331,38 +338,41 @@ def _photo(seed=0, shape=(23, 31, 3)):
   return np.clip(image + noise, 10, 230).astype(np.uint8)
 
 
-def test_pixel_ops_match_numpy(tf_augment):
-  tf, augment = tf_augment
+def test_pixel_ops_match_numpy(tf_image_ops):
+  tf, image_ops = tf_image_ops
   image = _photo()
   x = tf.constant(image, tf.float32)
   f = image.astype(np.float32)
-  np.testing.assert_array_equal(augment.invert(x), 255 - f)
-  np.testing.assert_array_equal(augment.solarize(x, 128.0),
+  np.testing.assert_array_equal(image_ops.invert(x), 255 - f)
+  np.testing.assert_array_equal(image_ops.solarize(x, 128.0),
                                 np.where(f < 128, f, 255 - f))
-  np.testing.assert_array_equal(augment.posterize(x, tf.constant(3)),
+  np.testing.assert_array_equal(image_ops.posterize(x, tf.constant(3)),
                                 image & 0b11100000)
   np.testing.assert_array_equal(
-      augment.solarize_add(x, 50.0), np.where(f < 128,
+      image_ops.solarize_add(x, 50.0), np.where(f < 128,
                                               np.minimum(f + 50, 255), f))
 
 
-def test_colour_ops_match_pil(tf_augment):
+def test_colour_ops_match_pil(tf_image_ops):
   # pylint: disable=g-import-not-at-top
   from PIL import Image
   from PIL import ImageEnhance
   from PIL import ImageOps
   # pylint: enable=g-import-not-at-top
-  tf, augment = tf_augment
+  tf, image_ops = tf_image_ops
   image = _photo(1)
   pil = Image.fromarray(image)
   x = tf.constant(image, tf.float32)
   cases = [
-      (augment.autocontrast(x), ImageOps.autocontrast(pil)),
-      (augment.equalize(x), ImageOps.equalize(pil)),
-      (augment.color(x, 0.3), ImageEnhance.Color(pil).enhance(0.3)),
-      (augment.contrast(x, 1.7), ImageEnhance.Contrast(pil).enhance(1.7)),
-      (augment.brightness(x, 0.6), ImageEnhance.Brightness(pil).enhance(0.6)),
-      (augment.sharpness(x, 1.8), ImageEnhance.Sharpness(pil).enhance(1.8)),
+      (image_ops.autocontrast(x), ImageOps.autocontrast(pil)),
+      (image_ops.equalize(x), ImageOps.equalize(pil)),
+      (image_ops.color(x, 0.3), ImageEnhance.Color(pil).enhance(0.3)),
+      (image_ops.contrast(x, 1.7),
+       ImageEnhance.Contrast(pil).enhance(1.7)),
+      (image_ops.brightness(x, 0.6),
+       ImageEnhance.Brightness(pil).enhance(0.6)),
+      (image_ops.sharpness(x, 1.8),
+       ImageEnhance.Sharpness(pil).enhance(1.8)),
   ]
   for ours, ref in cases:
     # PIL rounds through uint8 at each stage; allow 2 grey levels.
@@ -370,21 +380,21 @@ def test_colour_ops_match_pil(tf_augment):
                                atol=2.0)
 
 
-def test_geometric_ops_move_pixels_as_stated(tf_augment):
-  tf, augment = tf_augment
+def test_geometric_ops_move_pixels_as_stated(tf_image_ops):
+  tf, image_ops = tf_image_ops
   image = _photo(2, (16, 16, 3))
   x = tf.constant(image, tf.float32)
   # +90 degrees turns a square image clockwise as displayed (rows down).
-  np.testing.assert_array_equal(augment.rotate(x, 90.0),
+  np.testing.assert_array_equal(image_ops.rotate(x, 90.0),
                                 np.rot90(image, k=-1))
   shifted = np.full_like(image, 128)
   shifted[:, 3:] = image[:, :-3]
-  np.testing.assert_array_equal(augment.translate_x(x, 3.0), shifted)
+  np.testing.assert_array_equal(image_ops.translate_x(x, 3.0), shifted)
   shifted = np.full_like(image, 128)
   shifted[:-2] = image[2:]
-  np.testing.assert_array_equal(augment.translate_y(x, -2.0), shifted)
+  np.testing.assert_array_equal(image_ops.translate_y(x, -2.0), shifted)
   # Shear: output (y, x) reads input (y, x + s * y), nearest pixel.
-  out = np.asarray(augment.shear_x(x, 0.25))
+  out = np.asarray(image_ops.shear_x(x, 0.25))
   for y in range(16):
     for col in range(16):
       src = int(np.floor(col + 0.25 * y + 0.5))
@@ -392,15 +402,16 @@ def test_geometric_ops_move_pixels_as_stated(tf_augment):
       np.testing.assert_array_equal(out[y, col], want)
 
 
-def test_geometric_ops_match_tensorflows_projective_transform(tf_augment):
+def test_geometric_ops_match_tensorflows_projective_transform(tf_image_ops):
   # The warps gather whole pixels; TensorFlow's own kernel is the reference,
   # also in a traced function of unknown image size (as in the pipeline),
   # where graph rewrites could change the float rounding. At magnitude 10
   # rotations are +-30 degrees, whose coordinates hit many exact halves.
-  tf, augment = tf_augment
+  tf, image_ops = tf_image_ops
   sig = [tf.TensorSpec([None, None, 3], tf.float32),
          tf.TensorSpec([8], tf.float32)]
-  ours = tf.function(lambda x, t: augment._transform(x, tf.unstack(t)[:6]),  # pylint: disable=protected-access
+  warp = image_ops._transform  # pylint: disable=protected-access
+  ours = tf.function(lambda x, t: warp(x, tf.unstack(t)[:6]),
                      input_signature=sig)
   reference = lambda x, t: tf.raw_ops.ImageProjectiveTransformV3(
       images=x[None], transforms=t[None], output_shape=tf.shape(x)[:2],
@@ -422,17 +433,17 @@ def test_geometric_ops_match_tensorflows_projective_transform(tf_augment):
       np.testing.assert_array_equal(ours(image, t), reference(image, t))
 
 
-def test_histogram_ops_keep_a_constant_channel_like_pil(tf_augment):
+def test_histogram_ops_keep_a_constant_channel_like_pil(tf_image_ops):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from PIL import ImageOps  # pylint: disable=g-import-not-at-top
-  tf, augment = tf_augment
+  tf, image_ops = tf_image_ops
   image = _photo(7)
   image[..., 1] = 90
   pil = Image.fromarray(image)
   x = tf.constant(image, tf.float32)
-  np.testing.assert_array_equal(augment.autocontrast(x),
+  np.testing.assert_array_equal(image_ops.autocontrast(x),
                                 np.asarray(ImageOps.autocontrast(pil)))
-  np.testing.assert_array_equal(augment.equalize(x),
+  np.testing.assert_array_equal(image_ops.equalize(x),
                                 np.asarray(ImageOps.equalize(pil)))
 
 
