@@ -231,7 +231,7 @@ def _photo_maker() -> ImageMaker:
 def build(root: os.PathLike, *, num_classes: int = 10,
           train_per_class: int = 50, num_val: int = 100, seed: int = 0,
           make_image: Optional[ImageMaker] = None,
-          extract: bool = True) -> FakeImageNet:
+          extract: bool = False) -> FakeImageNet:
   """Writes and prepares a fake ImageNet under `root`, or reuses it.
 
   A directory holding a finished build with the same parameters is reused
