@@ -100,6 +100,10 @@ STAGES = (
 )
 
 
+# The train pipeline's stages in order, each adding to the one before.
+TRAIN_CHAIN = ('decode_crop', 'resize', 'randaugment', 'batch', 'mix')
+
+
 # ---------------------------------------------------------------- timing
 
 
@@ -647,6 +651,13 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         'pil_eval_per_core': get('pil', 'eval', 'batch'),
         'decode_crop_per_core': get('tf.data', 'train', 'decode_crop'),
         'decode_full_per_core': get('tf.data', 'train', 'decode_full'),
+        # Where the time goes: the train pipeline's cumulative stages, and
+        # the first that runs slower than twice the PIL loader.
+        'train_stages_per_core': {
+            stage: get('tf.data', 'train', stage) for stage in TRAIN_CHAIN},
+        'first_stage_under_2x_pil': next(
+            (stage for stage in TRAIN_CHAIN
+             if get('tf.data', 'train', stage) < 2 * pil), None),
         'targets_met': {'train_40_per_core': train >= 40,
                         'train_2x_pil': train >= 2 * pil,
                         'eval_150_per_core': evaluate >= 150},
@@ -760,12 +771,18 @@ def run(args: types.SimpleNamespace) -> dict[str, Any]:
       'commit': _git_commit(),
   }
   print_table(rows)
+  labels = {stage: label for loader, split, stage, label, _ in STAGES
+            if (loader, split) == ('tf.data', 'train')}
   for t, s in record['summary'].items():
     print(f'{t} core(s): train {s["train_per_core"]:.1f} img/s per core '
           f'({s["train_over_pil"]:.2f}x PIL\'s {s["pil_train_per_core"]:.1f}),'
-          f' eval {s["eval_per_core"]:.1f} img/s per core; bound: '
-          f'decode_and_crop_jpeg alone {s["decode_crop_per_core"]:.1f} img/s '
-          'per core')
+          f' eval {s["eval_per_core"]:.1f} img/s per core')
+    chain = ', '.join(f'{labels[k]} {v:.0f}'
+                      for k, v in s['train_stages_per_core'].items())
+    under = s['first_stage_under_2x_pil']
+    print(f'  train stages per core: {chain}; 2x PIL needs '
+          f'{2 * s["pil_train_per_core"]:.0f}'
+          + (f', which "{labels[under]}" falls under' if under else ''))
   loads = [w['load_before'][0] for w in workers]
   print(f'load average (1 min) {load_start[0]:.2f} at start, '
         f'{min(loads):.2f}-{max(loads):.2f} as workers started, on '

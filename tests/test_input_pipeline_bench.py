@@ -121,6 +121,11 @@ def test_small_run_rates_every_stage_and_labels_round_trip(tmp_path):
   np.testing.assert_allclose(
       summary['train_over_pil'],
       summary['train_per_core'] / summary['pil_train_per_core'])
+  chain = summary['train_stages_per_core']
+  assert tuple(chain) == input_pipeline.TRAIN_CHAIN
+  under = [s for s, rate in chain.items()
+           if rate < 2 * summary['pil_train_per_core']]
+  assert summary['first_stage_under_2x_pil'] == (under[0] if under else None)
 
   # The fake ImageNet's labels, read back through tfds, are the classes of
   # tfds' shipped labels.txt that its files were written for: train files
