@@ -205,8 +205,9 @@ def _data(dataset: str, **fields) -> ml_collections.ConfigDict:
 
 @pytest.mark.parametrize('dataset, field, value, message', [
     ('digits', 'data_dir', '/data/tfds',
-     r"data\.data_dir is only read by tfds data sets \(imagenet2012\); this "
-     r"config uses 'digits'.*leave it unset.*:runlocal,imagenet"),
+     r"data\.data_dir is only read by tfds data sets \(imagenet2012, "
+     r"cifar10, cifar100\); this config uses 'digits'.*leave it unset.*"
+     r":runlocal,imagenet"),
     ('digits', 'crop_padding', 8, r"data\.crop_padding.*tfds.*default \(32\)"),
     ('digits', 'shuffle_buffer', 100, r'data\.shuffle_buffer.*tfds'),
     ('digits', 'prefetch', 4, r'data\.prefetch.*tfds'),
