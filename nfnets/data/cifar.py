@@ -24,10 +24,7 @@ epoch, position in the epoch); and `start_step=k` gives exactly the batches a
 fresh stream gives after k batches, skipping records before decoding (at
 most one epoch of ~50,000 records of ~2.5 KB: about a second).
 """
-from typing import Iterator
-
 import ml_collections
-import numpy as np
 import tensorflow as tf
 
 from nfnets.data import augment
@@ -48,22 +45,6 @@ and pass --config.data.data_dir={data_dir} (the directory it was prepared in).""
 
 # What an unprepared CIFAR raises (shared by every tfds data set).
 DataNotPreparedError = tfds_common.DataNotPreparedError
-
-
-def check_available(data_config: ml_collections.ConfigDict) -> None:
-  """Raises a `nfnets.errors.UserError` if a configured split is unusable.
-
-  `DataNotPreparedError` (with the prepare command) if the train or eval
-  split cannot be read; `errors.InputError` if one holds no examples. Reads
-  no records.
-  """
-  tfds_common.check_available(data_config, prepare_help=_PREPARE_HELP)
-
-
-def num_examples(data_config: ml_collections.ConfigDict, split: str) -> int:
-  """Size of a split or tfds slice such as 'train[:10%]'."""
-  return tfds_common.num_examples(data_config, split,
-                                  prepare_help=_PREPARE_HELP)
 
 
 def _decode(image_bytes: tf.Tensor) -> tf.Tensor:
@@ -126,31 +107,11 @@ def eval_image(image_bytes: tf.Tensor,
                   data_config)
 
 
-def build_train(data_config: ml_collections.ConfigDict, *, batch_size: int,
-                seed: int, start_step: int = 0, process_index: int = 0,
-                process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
-  """Endless per-process training batches; see `nfnets.data` for the contract.
-
-  Raises:
-    FileNotFoundError: with the prepare command, if the data set is not
-      prepared in data.data_dir.
-    ValueError: if a process's shard holds less than one batch.
-  """
-  return tfds_common.build_train(
-      data_config, train_example=_train_example, prepare_help=_PREPARE_HELP,
-      batch_size=batch_size, seed=seed, start_step=start_step,
-      process_index=process_index, process_count=process_count)
-
-
-def build_eval(data_config: ml_collections.ConfigDict, *, batch_size: int,
-               process_index: int = 0, process_count: int = 1
-               ) -> Iterator[dict[str, np.ndarray]]:
-  """One pass over the eval split, last batch padded with mask=False rows.
-
-  Every process yields ceil(largest shard / batch_size) batches so jitted
-  eval steps line up across processes.
-  """
-  return tfds_common.build_eval(
-      data_config, eval_image=eval_image, prepare_help=_PREPARE_HELP,
-      batch_size=batch_size, process_index=process_index,
-      process_count=process_count)
+# The module contract of `nfnets.data` for this data set.
+_PIPELINE = tfds_common.TfdsPipeline(
+    train_example=_train_example, eval_image=eval_image,
+    prepare_help=_PREPARE_HELP)
+check_available = _PIPELINE.check_available
+num_examples = _PIPELINE.num_examples
+build_train = _PIPELINE.build_train
+build_eval = _PIPELINE.build_eval

@@ -19,10 +19,7 @@ the cost is reading (not decoding) at most one epoch of this process's
 records, about 1/process_count of the 140 GB train set, and a new epoch
 starts a fresh pipeline (one shuffle-buffer fill of stall per epoch).
 """
-from typing import Iterator
-
 import ml_collections
-import numpy as np
 import tensorflow as tf
 
 from nfnets.data import augment
@@ -44,23 +41,6 @@ then set --config.data.data_dir={data_dir}."""
 
 # What an unprepared ImageNet raises (shared by every tfds data set).
 DataNotPreparedError = tfds_common.DataNotPreparedError
-
-
-def check_available(data_config: ml_collections.ConfigDict) -> None:
-  """Raises a `nfnets.errors.UserError` if a configured split is unusable.
-
-  `DataNotPreparedError` (with the prepare command) if the train or eval
-  split cannot be read; `errors.InputError` if one holds no examples, e.g. a
-  percent slice of a small prepared subset. Sizes come from the prepared
-  metadata, so no record is read.
-  """
-  tfds_common.check_available(data_config, prepare_help=_PREPARE_HELP)
-
-
-def num_examples(data_config: ml_collections.ConfigDict, split: str) -> int:
-  """Size of a split or tfds slice such as 'train[:10%]'."""
-  return tfds_common.num_examples(data_config, split,
-                                  prepare_help=_PREPARE_HELP)
 
 
 def _train_example(index: tf.Tensor, example: dict[str, tf.Tensor], *,
@@ -107,31 +87,11 @@ def eval_image(image_bytes: tf.Tensor,
                             spec.resize_method)
 
 
-def build_train(data_config: ml_collections.ConfigDict, *, batch_size: int,
-                seed: int, start_step: int = 0, process_index: int = 0,
-                process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
-  """Endless per-process training batches; see `nfnets.data` for the contract.
-
-  Raises:
-    FileNotFoundError: with preparation instructions, if the data set is not
-      prepared in data.data_dir.
-    ValueError: if a process's shard holds less than one batch.
-  """
-  return tfds_common.build_train(
-      data_config, train_example=_train_example, prepare_help=_PREPARE_HELP,
-      batch_size=batch_size, seed=seed, start_step=start_step,
-      process_index=process_index, process_count=process_count)
-
-
-def build_eval(data_config: ml_collections.ConfigDict, *, batch_size: int,
-               process_index: int = 0, process_count: int = 1
-               ) -> Iterator[dict[str, np.ndarray]]:
-  """One pass over the eval split, last batch padded with mask=False rows.
-
-  Every process yields ceil(largest shard / batch_size) batches so jitted
-  eval steps line up across processes.
-  """
-  return tfds_common.build_eval(
-      data_config, eval_image=eval_image, prepare_help=_PREPARE_HELP,
-      batch_size=batch_size, process_index=process_index,
-      process_count=process_count)
+# The module contract of `nfnets.data` for this data set.
+_PIPELINE = tfds_common.TfdsPipeline(
+    train_example=_train_example, eval_image=eval_image,
+    prepare_help=_PREPARE_HELP)
+check_available = _PIPELINE.check_available
+num_examples = _PIPELINE.num_examples
+build_train = _PIPELINE.build_train
+build_eval = _PIPELINE.build_eval

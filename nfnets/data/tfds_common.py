@@ -25,6 +25,7 @@ prepare the data. This module does the rest, identically for all of them:
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from typing import Callable, Iterator
@@ -327,3 +328,55 @@ def build_eval(data_config: ml_collections.ConfigDict, *,
                 process, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.concatenate(padding).batch(batch_size, drop_remainder=True)
   return iter(tfds.as_numpy(ds.prefetch(data_config.prefetch)))
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsPipeline:
+  """A tfds data set's pipeline module contract from what is its own.
+
+  A data set module binds `check_available`, `num_examples`, `build_train`
+  and `build_eval` (the contract of `nfnets.data`) to one of these, which
+  runs the shared functions above with its transforms and prepare text.
+
+  Attributes:
+    train_example: the per-example train transform (`TrainExampleFn`).
+    eval_image: the eval geometry (`EvalImageFn`).
+    prepare_help: the message for an unprepared data set (see `read`).
+  """
+  train_example: TrainExampleFn
+  eval_image: EvalImageFn
+  prepare_help: str
+
+  def check_available(self, data_config: ml_collections.ConfigDict) -> None:
+    """Raises a `nfnets.errors.UserError` if a configured split is unusable.
+
+    `DataNotPreparedError` (with the prepare command) if the train or eval
+    split cannot be read; `errors.InputError` if one holds no examples, e.g.
+    a percent slice of a small prepared subset. Reads no records.
+    """
+    check_available(data_config, prepare_help=self.prepare_help)
+
+  def num_examples(self, data_config: ml_collections.ConfigDict,
+                   split: str) -> int:
+    """Size of a split or tfds slice such as 'train[:10%]'."""
+    return num_examples(data_config, split, prepare_help=self.prepare_help)
+
+  def build_train(self, data_config: ml_collections.ConfigDict, *,
+                  batch_size: int, seed: int, start_step: int = 0,
+                  process_index: int = 0, process_count: int = 1
+                  ) -> Iterator[dict[str, np.ndarray]]:
+    """Endless per-process training batches (`build_train` above)."""
+    return build_train(
+        data_config, train_example=self.train_example,
+        prepare_help=self.prepare_help, batch_size=batch_size, seed=seed,
+        start_step=start_step, process_index=process_index,
+        process_count=process_count)
+
+  def build_eval(self, data_config: ml_collections.ConfigDict, *,
+                 batch_size: int, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """One padded pass over the eval split (`build_eval` above)."""
+    return build_eval(
+        data_config, eval_image=self.eval_image,
+        prepare_help=self.prepare_help, batch_size=batch_size,
+        process_index=process_index, process_count=process_count)
