@@ -27,7 +27,6 @@ most one epoch of ~50,000 records of ~2.5 KB: about a second).
 import ml_collections
 import tensorflow as tf
 
-from nfnets.data import augment
 from nfnets.data import base
 from nfnets.data import tfds_common
 
@@ -82,18 +81,12 @@ def _train_example(index: tf.Tensor, example: dict[str, tf.Tensor], *,
                    epoch_seed: int, data_config: ml_collections.ConfigDict
                    ) -> dict[str, tf.Tensor]:
   """Encoded record -> {'images': float32 [S, S, 3], 'labels': int32 []}."""
-  seed = tf.stack([tf.constant(epoch_seed, tf.int64), index])
-  crop_seed, flip_seed, ra_seed = tf.unstack(
-      tf.random.experimental.stateless_split(seed, 3))
+  crop_seed, flip_seed, ra_seed = tfds_common.train_seeds(epoch_seed, index)
   image = pad_and_crop(_decode(example['image']), crop_seed)
   image = tf.image.stateless_random_flip_left_right(image, flip_seed)
   image = _to_size(image, data_config.image_size, data_config)
-  if data_config.randaugment_layers:
-    image = augment.randaugment(image, ra_seed,
-                                data_config.randaugment_layers,
-                                data_config.randaugment_magnitude)
-  return {'images': tfds_common.normalize(image, data_config),
-          'labels': tf.cast(example['label'], tf.int32)}
+  return tfds_common.finish_train_example(image, example['label'], ra_seed,
+                                          data_config)
 
 
 def eval_image(image_bytes: tf.Tensor,

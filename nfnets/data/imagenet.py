@@ -48,18 +48,12 @@ def _train_example(index: tf.Tensor, example: dict[str, tf.Tensor], *,
                    ) -> dict[str, tf.Tensor]:
   """Encoded record -> {'images': float32 [S, S, 3], 'labels': int32 []}."""
   spec = base.get_spec(data_config.dataset)
-  seed = tf.stack([tf.constant(epoch_seed, tf.int64), index])
-  crop_seed, flip_seed, ra_seed = tf.unstack(
-      tf.random.experimental.stateless_split(seed, 3))
+  crop_seed, flip_seed, ra_seed = tfds_common.train_seeds(epoch_seed, index)
   image = augment.decode_and_random_crop(example['image'], crop_seed)
   image = tfds_common.resize(image, data_config.image_size, spec.resize_method)
   image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-  if data_config.randaugment_layers:
-    image = augment.randaugment(image, ra_seed,
-                                data_config.randaugment_layers,
-                                data_config.randaugment_magnitude)
-  return {'images': tfds_common.normalize(image, data_config),
-          'labels': tf.cast(example['label'], tf.int32)}
+  return tfds_common.finish_train_example(image, example['label'], ra_seed,
+                                          data_config)
 
 
 def eval_image(image_bytes: tf.Tensor,

@@ -186,6 +186,42 @@ def resize(image: tf.Tensor, size: int, method: str) -> tf.Tensor:
   return tf.clip_by_value(image, 0.0, 255.0)
 
 
+def train_seeds(epoch_seed: int, index: tf.Tensor
+                ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """(crop, flip, RandAugment) stateless seeds of one training example.
+
+  A function of (epoch_seed, index in the epoch) only, which is what makes
+  the stream resumable (see the module docstring).
+  """
+  seed = tf.stack([tf.constant(epoch_seed, tf.int64), index])
+  crop_seed, flip_seed, ra_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 3))
+  return crop_seed, flip_seed, ra_seed
+
+
+def finish_train_example(image: tf.Tensor, label: tf.Tensor,
+                         ra_seed: tf.Tensor,
+                         data_config: ml_collections.ConfigDict
+                         ) -> dict[str, tf.Tensor]:
+  """The end of every tfds train transform: RandAugment, normalize, label.
+
+  Args:
+    image: float32 [S, S, 3] on 0..255, cropped, resized and flipped.
+    label: the record's integer label.
+    ra_seed: the example's RandAugment seed (`train_seeds`).
+    data_config: the `config.data` group (RandAugment strength, statistics).
+
+  Returns:
+    {'images': float32 [S, S, 3] normalized, 'labels': int32 []}.
+  """
+  if data_config.randaugment_layers:
+    image = augment.randaugment(image, ra_seed,
+                                data_config.randaugment_layers,
+                                data_config.randaugment_magnitude)
+  return {'images': normalize(image, data_config),
+          'labels': tf.cast(label, tf.int32)}
+
+
 def normalize(image: tf.Tensor,
               data_config: ml_collections.ConfigDict) -> tf.Tensor:
   """(image - mean) / std per channel, with the data set's statistics.
