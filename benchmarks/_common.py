@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nfnets import errors
 from nfnets import layers
 from nfnets import models
 from nfnets.cli import common as cli_common
@@ -74,6 +75,66 @@ def definer(flag_values: flags.FlagValues) -> Callable[..., None]:
   return define
 
 
+# The scripts' flags by what their values may be; a value of None means "the
+# model's own" (e.g. --image_size) and is left to the script.
+_AT_LEAST_ONE = (
+    'batch', 'batch_size', 'steps', 'num_steps', 'seeds', 'image_size',
+    'eval_image_size', 'devices', 'num_classes', 'fake_classes',
+    'fake_per_class', 'runner_steps', 'runner_batch', 'runner_image_size',
+    'runner_eval_image_size', 'sub_blocks', 'train_examples', 'num_val',
+    'train_per_class', 'sample', 'block', 'stem_stride', 'gn_groups')
+_AT_LEAST_ZERO = (
+    'warmup', 'warmup_steps', 'warmup_epochs', 'sam_rho', 'mixup_alpha',
+    'cutmix_alpha', 'randaugment_layers', 'randaugment_magnitude',
+    'max_shift', 'weight_decay', 'threads')
+_ABOVE_ZERO = ('width', 'epochs', 'base_lr', 'seconds', 'blowup', 'clipping')
+
+
+def check_args(args: types.SimpleNamespace) -> types.SimpleNamespace:
+  """Refuses flag values no script can run with, before any work.
+
+  Counts and sizes below 1, rates and radii below 0, a width, length or
+  learning rate that is not positive, a fraction outside (0, 1], a batch
+  that does not divide over the devices, and a results file that cannot be
+  written are each an `InputError` naming the flag.
+  """
+  def bad(name: str, rule: str) -> errors.InputError:
+    return errors.InputError(
+        f'--{name} must be {rule}, got {getattr(args, name)}.')
+
+  for name in _AT_LEAST_ONE:
+    if getattr(args, name, None) is not None and getattr(args, name) < 1:
+      raise bad(name, 'at least 1')
+  for name in _AT_LEAST_ZERO:
+    if getattr(args, name, None) is not None and getattr(args, name) < 0:
+      raise bad(name, '>= 0')
+  for name in _ABOVE_ZERO:
+    if getattr(args, name, None) is not None and not getattr(args, name) > 0:
+      raise bad(name, 'positive')
+  for name in ('sam_batch_fraction',):
+    if getattr(args, name, None) is not None and not 0 < getattr(args, name) <= 1:
+      raise bad(name, 'in (0, 1]')
+  if getattr(args, 'ema_decay', None) is not None and not (
+      0 <= args.ema_decay < 1):
+    raise bad('ema_decay', 'in [0, 1)')
+  devices = getattr(args, 'devices', None)
+  if devices and getattr(args, 'batch', None) and args.batch % devices:
+    raise errors.InputError(
+        f'--batch={args.batch} does not divide over --devices={devices}; '
+        f'use a multiple of {devices}.')
+  for name in ('model', 'compare'):  # Comma-separated model specs.
+    value = getattr(args, name, None)
+    if not isinstance(value, str) or (name == 'compare' and not value):
+      continue
+    if not all(spec.strip() for spec in value.split(',')):
+      raise errors.InputError(f'--{name}={value!r} names an empty model.')
+    for spec in value.split(','):
+      check_spec(spec.strip())
+  if getattr(args, 'results', None) and not getattr(args, 'no_save', False):
+    errors.make_parent(args.results, f'the results file {args.results}')
+  return args
+
+
 def parse_flags(define: Callable[[flags.FlagValues], None],
                 argv: Sequence[str]) -> types.SimpleNamespace:
   """The flags `define` defines, parsed from `argv` (no program name).
@@ -86,8 +147,8 @@ def parse_flags(define: Callable[[flags.FlagValues], None],
   rest = values(['benchmark', *_absl_spelling(argv, set(values))])
   if len(rest) > 1:
     raise flags.Error(f'Unexpected arguments: {rest[1:]}')
-  return types.SimpleNamespace(**{name: values[name].value
-                                  for name in sorted(values)})
+  return check_args(types.SimpleNamespace(
+      **{name: values[name].value for name in sorted(values)}))
 
 
 def run_command_line(define: Callable[[flags.FlagValues], None],
@@ -107,8 +168,8 @@ def run_command_line(define: Callable[[flags.FlagValues], None],
   def absl_main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
       raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-    main(types.SimpleNamespace(**{name: flags.FLAGS[name].value
-                                  for name in sorted(names)}))
+    main(check_args(types.SimpleNamespace(
+        **{name: flags.FLAGS[name].value for name in sorted(names)})))
 
   cli_common.run(absl_main, argv=_absl_spelling(sys.argv[1:], names))
 
@@ -130,6 +191,18 @@ def set_host_device_count(argv: Sequence[str]) -> None:
 _CONV_SUFFIXES = ('plain', 'prestandardized')
 # 'matmul' takes only 1x1 kernels, so no whole model can use it.
 _IMPL_SUFFIXES = tuple(i for i in layers.GROUPED_CONV_IMPLS if i != 'matmul')
+
+
+def check_spec(spec: str) -> None:
+  """Raises a `UserError` for an unknown model name or `@suffix`."""
+  name, _, suffix = spec.partition('@')
+  if name != 'bn_resnet50':
+    models.get_spec(name)
+  if suffix and (name == 'bn_resnet50' or
+                 suffix not in _CONV_SUFFIXES + _IMPL_SUFFIXES):
+    raise errors.InputError(
+        f'Unknown suffix @{suffix} in {spec!r}; valid: '
+        f'{", ".join("@" + v for v in _CONV_SUFFIXES + _IMPL_SUFFIXES)}.')
 
 
 @dataclasses.dataclass
@@ -164,10 +237,9 @@ def build_model(spec: str, num_classes: int = 1000,
     return Model(spec, models.transform('resnet50_bn', num_classes,
                                         **(overrides or {})),
                  has_state=True)
-  if suffix and suffix not in _CONV_SUFFIXES + _IMPL_SUFFIXES:
-    raise ValueError(
-        f'Unknown suffix @{suffix} in {spec!r}; valid: '
-        f'{", ".join("@" + v for v in _CONV_SUFFIXES + _IMPL_SUFFIXES)}.')
+  if width is not None and not width > 0:
+    raise errors.InputError(f'The width must be positive, got {width}.')
+  check_spec(spec)
   kwargs: dict[str, Any] = {}
   if width is not None:
     kwargs['width'] = width

@@ -7,6 +7,10 @@ one to three lines, so the command lines print it without a traceback
 (`--traceback` shows one); any other exception is a bug and keeps its
 traceback.
 """
+import errno
+import os
+import pathlib
+import tempfile
 
 
 class UserError(Exception):
@@ -15,3 +19,48 @@ class UserError(Exception):
 
 class InputError(UserError, ValueError):
   """Images, batch sizes or splits a function cannot use."""
+
+
+class PathError(UserError, OSError):
+  """A file or directory that cannot be created or written."""
+
+
+def path_error(what: str, error: OSError) -> PathError:
+  """A `PathError` for an `OSError` met while creating or writing `what`.
+
+  The message names the path the system refused and why (a regular file in
+  the way, a read-only file system, no permission, no space).
+  """
+  where = f' ({error.filename})' if error.filename else ''
+  reason = error.strerror or str(error)
+  return PathError(f'Cannot write {what}: {reason}{where}. Pass a path in a '
+                   'directory you can write to.')
+
+
+def make_parent(path: 'os.PathLike | str', what: str) -> pathlib.Path:
+  """Creates the directory that will hold `path` (a file to write).
+
+  Raises:
+    PathError: it cannot be created, or is not writable.
+  """
+  path = pathlib.Path(path)
+  try:
+    for ancestor in path.absolute().parents:
+      if ancestor.exists():
+        if not ancestor.is_dir():
+          raise NotADirectoryError(errno.ENOTDIR, 'Not a directory',
+                                   str(ancestor))
+        break
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+      raise IsADirectoryError(errno.EISDIR, 'Is a directory', str(path))
+    # A probe rather than os.access: it sees read-only mounts and full
+    # disks as the write itself would, with the system's own reason.
+    try:
+      with tempfile.TemporaryFile(dir=path.parent):
+        pass
+    except OSError as e:
+      raise type(e)(e.errno, e.strerror, str(path.parent)) from e
+  except OSError as e:
+    raise path_error(what, e) from e
+  return path

@@ -146,10 +146,11 @@ class LoadedCheckpoint:
     """Logits [N, num_classes] of preprocessed images [N, S, S, 3].
 
     Raises:
-      InputError: not a batch of RGB images, or non-finite values.
+      InputError: not a batch of RGB images with pixels, or non-finite
+        values.
     """
     images = jnp.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3:
+    if images.ndim != 4 or images.shape[-1] != 3 or 0 in images.shape[1:3]:
       raise errors.InputError(
           'logits takes a batch of preprocessed RGB images [N, S, S, 3] (see '
           f'`preprocess`); got shape {images.shape}.')
@@ -335,12 +336,15 @@ def plot_confusion(confusion: np.ndarray, ax: Any = None,
 
 def save_confusion_png(confusion: np.ndarray, path: PathLike,
                        title: str = '') -> pathlib.Path:
-  """Writes `plot_confusion` to a PNG file."""
+  """Writes `plot_confusion` to a PNG file.
+
+  Raises:
+    errors.PathError: `path` cannot be written.
+  """
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg', force=False)
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
+  path = errors.make_parent(path, f'the confusion matrix {path}')
   fig, ax = plt.subplots(figsize=(5, 4.5))
   plot_confusion(confusion, ax)
   ax.set_title(title)

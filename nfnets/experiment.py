@@ -34,6 +34,7 @@ import jax
 from nfnets import train
 from nfnets.cli import common
 from nfnets.cli import config_flag
+from nfnets.train import config as config_lib
 
 _KWARGS_PREFIX = '--config.model.kwargs.'
 
@@ -104,6 +105,7 @@ def main(argv: Sequence[str], defined: dict[str, Any]) -> None:
                          defined['process_id'].value,
                          defined['coordinator_address'].value)
   config = common.load_config(defined['config'])
+  config_lib.check_schema(config)
   with config.unlocked():
     config.model.kwargs.update(defined['model_kwargs'])
   metrics = train.train_and_evaluate(config, defined['workdir'].value)

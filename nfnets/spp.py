@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nfnets import errors
 from nfnets.models import registry
 
 # Short names for the networks of [NF-ResNet] Figures 1 and 2: (registered
@@ -176,12 +177,51 @@ def signal_propagation(
 
 def resolve(model: str, depth: int) -> tuple[str, dict[str, Any]]:
   """Maps a short name (`SHORT_NAMES`) at `depth`, or a registered name, to
-  (registered name, overrides)."""
+  (registered name, overrides).
+
+  Raises:
+    errors.InputError: a short name at a depth no registered model has.
+    registry.UnknownModelError: an unknown name.
+  """
   if model in SHORT_NAMES:
-    name, overrides = SHORT_NAMES[model]
-    return name.format(depth=depth), dict(overrides)
+    template, overrides = SHORT_NAMES[model]
+    name = template.format(depth=depth)
+    if name not in registry.list_models():
+      prefix, suffix = template.split('{depth}')
+      depths = sorted(int(m[len(prefix):len(m) - len(suffix)])
+                      for m in registry.list_models()
+                      if m.startswith(prefix) and m.endswith(suffix)
+                      and m[len(prefix):len(m) - len(suffix)].isdigit())
+      raise errors.InputError(
+          f'{model} has no depth {depth}; depths: '
+          f'{", ".join(map(str, depths))}.')
+    return name, dict(overrides)
   registry.get_entry(model)  # Unknown names fail here, listing known ones.
   return model, {}
+
+
+def check_inputs(models: Sequence[str], depth: int, *, width: float,
+                 image_size: int, batch_size: int) -> None:
+  """Refuses settings that would give empty, zero or NaN statistics.
+
+  Raises:
+    errors.InputError: no models, a width or image size that is not
+      positive, or fewer than 2 inputs (the channel variance of a block
+      whose output is 1x1 px needs two); an unknown model or depth.
+  """
+  if not models or not all(models):
+    raise errors.InputError(f'Name at least one model; got {list(models)}. '
+                            f'Short names: {", ".join(SHORT_NAMES)}.')
+  if not width > 0:
+    raise errors.InputError(f'width must be positive, got {width}.')
+  if image_size < 1:
+    raise errors.InputError(f'image_size must be positive, got {image_size}.')
+  if batch_size < 2:
+    raise errors.InputError(
+        f'batch_size must be at least 2 (the statistics are over the batch '
+        f'and the pixels), got {batch_size}.')
+  for model in models:
+    resolve(model, depth)
 
 
 def write_csv(path: str, results: Mapping[str, SPP]) -> None:
@@ -251,7 +291,14 @@ def run(models: Sequence[str], depth: int, out: str, *, width: float = 0.25,
 
   Returns:
     The statistics per model, keyed as given in `models`.
+
+  Raises:
+    errors.InputError: see `check_inputs`.
+    errors.PathError: `out` cannot be written.
   """
+  check_inputs(models, depth, width=width, image_size=image_size,
+               batch_size=batch_size)
+  errors.make_parent(out, f'the plot {out}')
   images = jax.random.normal(jax.random.PRNGKey(seed),
                              (batch_size, image_size, image_size, 3))
   results = {}
@@ -259,7 +306,6 @@ def run(models: Sequence[str], depth: int, out: str, *, width: float = 0.25,
     name, kw = resolve(model, depth)
     results[model] = signal_propagation(name, images, rng=seed, width=width,
                                         **kw, **overrides)
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   write_csv(os.path.splitext(out)[0] + '.csv', results)
   # `depth` applies only to the short names; registered names fix their own.
   shown = f'Depth {depth}, ' if set(models) & set(SHORT_NAMES) else ''

@@ -226,7 +226,7 @@ def _with(config, path, value):
     ('training.no_such_field', 1, r'Unknown config field.*training\.no_such'),
     ('training.batch_size', '64', r'training\.batch_size must be int'),
     ('training.label_smoothing', 'high', r'label_smoothing must be float'),
-    ('model.name', 'nfnet_f9', r"Unknown model 'nfnet_f9'.*nfnet_f0"),
+    ('model.name', 'nfnet_f9', r"Unknown model 'nfnet_f9'; did you mean 'nfnet_f7'"),
     ('model.kwargs.depht', 3, r"does not take.*depht.*depth"),
     ('data.dataset', 'svhn', r"Unknown data set 'svhn'.*cifar100, digits"),
     ('training.compute_dtype', 'float8', r'compute_dtype must be one of'),

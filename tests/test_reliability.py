@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -24,6 +25,9 @@ from nfnets import experiment
 from nfnets import train
 from nfnets.train import checkpoint
 from nfnets.train import lock as lock_lib
+from nfnets.train import metrics as metrics_lib
+from tests.conftest import DIGITS_RUN_FLAGS
+from tests.conftest import digits_run_config
 from tests.test_compat import LEGACY_RUN
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -139,25 +143,59 @@ def test_a_checkpoint_of_another_model_is_refused_untouched(
 # ----------------------------------------------------- unreadable checkpoints
 
 
-@pytest.mark.slow
-def test_an_unreadable_newest_checkpoint_is_skipped_and_kept(tmp_path,
-                                                             caplog):
-  workdir = _legacy_copy(tmp_path)
-  steps = workdir / 'checkpoints'
-  shutil.copytree(steps / '2', steps / '3')
-  for f in (steps / '3' / 'state').rglob('*'):
+def _truncate_data(step_dir: pathlib.Path) -> None:
+  for f in (step_dir / 'state').rglob('*'):
     if f.is_file() and f.parent.name == 'd':
-      f.write_bytes(b'garbage')
-  config = _legacy_config()
-  config.training.num_steps = 4
-  config.checkpoint.every_steps = 4
-  config.checkpoint.max_to_keep = 5
-  metrics = train.train_and_evaluate(config, workdir)
-  assert metrics['step'] == 4
-  assert any('skipped' in r.getMessage() and str(steps / '3') in
-             r.getMessage() for r in caplog.records)
-  assert (steps / '3').is_dir()  # Left for the user to look at.
-  assert checkpoint.checkpoint_manager(workdir).all_steps() == [2, 3, 4]
+      f.write_bytes(f.read_bytes()[:10])
+
+
+def _drop_metadata(step_dir: pathlib.Path) -> None:
+  (step_dir / 'state' / '_METADATA').unlink()
+
+
+def _garble_config(step_dir: pathlib.Path) -> None:
+  (step_dir / 'config' / 'metadata').write_text('{"model": ')
+
+
+@pytest.mark.parametrize('corrupt', [_truncate_data, _drop_metadata,
+                                     _garble_config],
+                         ids=lambda f: f.__name__.strip('_'))
+def test_a_run_whose_newest_checkpoint_is_unreadable_finishes_bit_identical(
+    digits_run, tmp_path, caplog, corrupt):
+  # The shared run saved steps 1 and 2; its step 2 is the reference.
+  workdir = shutil.copytree(digits_run, tmp_path / 'run')
+  steps = workdir / 'checkpoints'
+  corrupt(steps / '2')
+  corrupted = _snapshot(steps / '2')
+  metrics = train.train_and_evaluate(digits_run_config(), workdir)
+
+  assert metrics['step'] == 2
+  aside = [p for p in steps.iterdir() if p.name.startswith('2.unreadable-')]
+  assert len(aside) == 1 and _snapshot(aside[0]) == corrupted
+  warnings = [r.getMessage() for r in caplog.records
+              if r.levelname == 'WARNING' and 'cannot be read' in r.getMessage()]
+  assert len(warnings) == 1 and str(aside[0]) in warnings[0], warnings
+  assert 'resumed from step 1' in warnings[0]
+  assert checkpoint.checkpoint_manager(workdir).all_steps() == [1, 2]
+  fresh = checkpoint.read_saved(workdir, 2).state
+  reference = checkpoint.read_saved(digits_run, 2).state
+  assert (jax.tree.structure(fresh) == jax.tree.structure(reference))
+  for a, b in zip(jax.tree.leaves(fresh), jax.tree.leaves(reference)):
+    np.testing.assert_array_equal(a, b)
+  # The resumed run logged step 2 again: one record per step remains.
+  assert [r['step'] for r in metrics_lib.read_metrics(workdir)] == [1, 2]
+
+
+def test_no_readable_checkpoint_is_one_error_and_changes_nothing(digits_run,
+                                                                 tmp_path):
+  workdir = shutil.copytree(digits_run, tmp_path / 'run')
+  for step in ('1', '2'):
+    _truncate_data(workdir / 'checkpoints' / step)
+  before = _snapshot(workdir)
+  result = _cli('nfnets.experiment', f'--workdir={workdir}',
+                *DIGITS_RUN_FLAGS)
+  _assert_one_error(result, 'can be read (steps 2, 1)')
+  assert _snapshot(workdir) == before
 
 
 # ------------------------------------------------------------- failed saves

@@ -201,6 +201,22 @@ def _guarded(main: Main, argv: Sequence[str]) -> Any:
     _report(e, _TRACEBACK.value)
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, a bad value as one `error:` line (exit status 1).
+
+  absl's own parser prints 'FATAL Flags parsing error' and a help hint;
+  every command line here reports a user's mistake the same way instead.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    if _traceback_asked():
+      raise
+    print(f'error: {one_paragraph(e)} (--helpshort lists the flags)',
+          file=sys.stderr)
+    sys.exit(1)
+
+
 def _config_error(error: Exception, prefix: str) -> errors.UserError:
   if isinstance(error, errors.UserError):
     return error  # Its message says what is wrong already.
@@ -250,7 +266,8 @@ def run(main: Main, define_flags: Optional[Callable[[], Any]] = None,
     main = functools.partial(main, defined=defined)
   try:
     app.run(functools.partial(_guarded, main),
-            argv=None if argv is None else [sys.argv[0], *argv])
+            argv=None if argv is None else [sys.argv[0], *argv],
+            flags_parser=_parse_flags)
   except Exception as e:  # pylint: disable=broad-except
     if _Started.value or define_flags is None:
       raise

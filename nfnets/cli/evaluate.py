@@ -57,14 +57,7 @@ def main(argv: Sequence[str], defined: dict[str, Any]) -> evaluate.EvalResult:
     raise errors.InputError('Pass exactly one of --workdir and --checkpoint.')
   ckpt = evaluate.load_checkpoint(value['workdir'] or value['checkpoint'],
                                   value['step'], use_ema=not value['raw'])
-  result = evaluate.evaluate(ckpt, batch_size=value['batch_size'],
-                             split=value['split'],
-                             progress=not value['no_progress'])
-  weights = 'EMA' if ckpt.use_ema else 'raw'
-  print(f'{ckpt.config.model.name} step {ckpt.step} ({weights} weights) on '
-        f'{ckpt.config.data.dataset}/{result.split}: '
-        f'top-1 {result.top1:.4f}  top-5 {result.top5:.4f}  '
-        f'images {result.num_images}')
+  path = None
   if ckpt.num_classes <= evaluate.MAX_CONFUSION_CLASSES:
     path = pathlib.Path(value['confusion_png'] or
                         evaluate.default_confusion_path(ckpt))
@@ -73,6 +66,17 @@ def main(argv: Sequence[str], defined: dict[str, Any]) -> evaluate.EvalResult:
       raise errors.InputError(
           f'{path} is inside the work directory {workdir}, which evaluation '
           'never writes to; pass another --confusion_png.')
+    # Before the evaluation, which can take long: where it goes must work.
+    errors.make_parent(path, f'the confusion matrix {path}')
+  result = evaluate.evaluate(ckpt, batch_size=value['batch_size'],
+                             split=value['split'],
+                             progress=not value['no_progress'])
+  weights = 'EMA' if ckpt.use_ema else 'raw'
+  print(f'{ckpt.config.model.name} step {ckpt.step} ({weights} weights) on '
+        f'{ckpt.config.data.dataset}/{result.split}: '
+        f'top-1 {result.top1:.4f}  top-5 {result.top5:.4f}  '
+        f'images {result.num_images}')
+  if path is not None:
     evaluate.save_confusion_png(result.confusion, path, title=(
         f'{ckpt.config.model.name} step {ckpt.step} ({weights}), '
         f'top-1 {result.top1:.3f}'))

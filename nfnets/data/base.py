@@ -222,7 +222,7 @@ def check_images(images: np.ndarray) -> None:
   [N, H, W, 3]; a 3-D array whose last axis is 1 or 3 is refused, since it
   reads as one unbatched image just as well (pass `images[None]` for one
   image, or [N, H, W, 1] for grayscale). uint8 images are 0..255; float
-  images must be finite and within [0, 1].
+  images must be finite and within [0, 1], and have at least one pixel.
   """
   if images.dtype != np.uint8 and not np.issubdtype(images.dtype,
                                                     np.floating):
@@ -237,6 +237,9 @@ def check_images(images: np.ndarray) -> None:
     raise errors.InputError(
         'Images must be a batch [N, H, W], [N, H, W, 1] or [N, H, W, 3]; got '
         f'shape {images.shape}.')
+  if 0 in images.shape[1:3]:
+    raise errors.InputError(
+        f'Images of shape {images.shape} have no pixels (height or width 0).')
   if images.dtype != np.uint8 and images.size:
     if not np.all(np.isfinite(images)):
       raise errors.InputError('Images contain NaN or infinite values.')

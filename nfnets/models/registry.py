@@ -103,17 +103,20 @@ class UnknownOverrideError(errors.UserError, TypeError):
   """A constructor override the model does not take."""
 
 
-def _did_you_mean(name: str, known: list[str]) -> str:
-  close = difflib.get_close_matches(name, known, n=1)
-  return f'did you mean {close[0]!r}? ' if close else ''
+def _did_you_mean(name: str, known: list[str], n: int = 1) -> str:
+  close = [repr(c) for c in difflib.get_close_matches(name, known, n=n)]
+  if len(close) > 1:
+    close = [f'{", ".join(close[:-1])} or {close[-1]}']
+  return f'did you mean {close[0]}? ' if close else ''
 
 
 def get_entry(name: str) -> ModelEntry:
   """The registry entry of `name`, or an error listing the known names."""
   if name not in _REGISTRY:
     raise UnknownModelError(
-        f'Unknown model {name!r}; {_did_you_mean(name, list_models())}'
-        f'Known models: {", ".join(list_models())}.')
+        f'Unknown model {name!r}; {_did_you_mean(name, list_models(), 3)}'
+        f'Known models: {len(_REGISTRY)}, listed by '
+        'nfnets.models.list_models().')
   return _REGISTRY[name]
 
 

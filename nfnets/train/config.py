@@ -170,6 +170,18 @@ def _check_fields(config: ml_collections.ConfigDict,
           f'{config[key]!r} ({type(config[key]).__name__}).')
 
 
+def check_schema(config: Any) -> None:
+  """Raises `ConfigError` unless `config` is a ConfigDict of `base_config`'s
+  fields (none unknown or missing, each of its type); `model.kwargs` is
+  checked by `validate_config`."""
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(
+        f'The config is a {type(config).__name__}, not an '
+        'ml_collections.ConfigDict: return ml_collections.ConfigDict(...) '
+        'from get_config (see nfnets.train.config.base_config).')
+  _check_fields(config, base_config(), '')
+
+
 def validate_config(config: ml_collections.ConfigDict,
                     num_devices: Optional[int] = None) -> None:
   """Checks everything that can be checked without data or compute.
@@ -183,7 +195,7 @@ def validate_config(config: ml_collections.ConfigDict,
       argument, data set or dtype, bad durations, or a batch size that does
       not divide over devices and processes.
   """
-  _check_fields(config, base_config(), '')
+  check_schema(config)
   try:
     models.get_spec(config.model.name)
     allowed = models.accepted_overrides(config.model.name)

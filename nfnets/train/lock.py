@@ -41,18 +41,24 @@ class WorkdirLock:
     self.path = self.workdir / LOCK_FILE
     self._fd: Optional[int] = None
     self._created: list[pathlib.Path] = []
+    self._previous = b''
 
   def acquire(self) -> None:
-    """Takes the lock or raises `WorkdirBusyError`."""
+    """Takes the lock or raises `WorkdirBusyError`.
+
+    Raises:
+      WorkdirBusyError: another process holds it.
+      errors.PathError: the directory or the lock file cannot be created
+        (a regular file in the way, a read-only file system, no permission).
+    """
     if self.workdir.exists() and not self.workdir.is_dir():
       raise WorkdirBusyError(
           f'--workdir {self.workdir} is a file; pass a directory.')
-    if not self.workdir.exists():
-      self.workdir.mkdir(parents=True)
-      self._created.append(self.workdir)
-    if not self.path.exists():
-      self._created.insert(0, self.path)
-    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fd = self._open()
+    except OSError as e:
+      self._undo()
+      raise errors.path_error(f'the work directory {self.workdir}', e) from e
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -61,24 +67,53 @@ class WorkdirLock:
       raise WorkdirBusyError(
           f'{self.workdir} is in use by another run ({holder}). Wait for it '
           'to finish or stop it, or pass another --workdir.') from None
-    os.ftruncate(fd, 0)
-    os.write(fd, json.dumps({
+    self._previous = os.pread(fd, 1 << 16, 0)
+    self._write(fd, json.dumps({
         'pid': os.getpid(), 'host': socket.gethostname(),
         'started': datetime.datetime.now().isoformat(timespec='seconds'),
     }).encode())
     self._fd = fd
 
-  def release(self, undo: bool = False) -> None:
-    """Releases the lock; with `undo`, removes what `acquire` created."""
-    if self._fd is None:
-      return
-    if undo:
-      for path in self._created:
+  def _open(self) -> int:
+    if not self.workdir.exists():
+      missing = [self.workdir, *(p for p in self.workdir.parents
+                                 if not p.exists())]
+      self.workdir.mkdir(parents=True)
+      self._created.extend(missing)  # Innermost first, as undo removes them.
+    if not self.path.exists():
+      self._created.insert(0, self.path)
+    return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+
+  @staticmethod
+  def _write(fd: int, content: bytes) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, content, 0)
+
+  def _undo(self) -> None:
+    for path in self._created:
+      try:
         if path.is_dir():
           if not any(path.iterdir()):
             path.rmdir()
         else:
           path.unlink(missing_ok=True)
+      except OSError:
+        pass  # Could not be created in the first place.
+    self._created = []
+
+  def release(self, undo: bool = False) -> None:
+    """Releases the lock.
+
+    With `undo`, for a start that fails before it has written anything else,
+    removes what `acquire` created (the lock file, new empty directories)
+    and gives an existing lock file back its old content.
+    """
+    if self._fd is None:
+      return
+    if undo:
+      if self.path not in self._created:
+        self._write(self._fd, self._previous)
+      self._undo()
     fcntl.flock(self._fd, fcntl.LOCK_UN)
     os.close(self._fd)
     self._fd = None

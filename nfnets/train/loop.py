@@ -179,25 +179,24 @@ def _initial_state(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                    ) -> state_lib.TrainState:
   """The newest restorable checkpoint that fits `config`, else a fresh state.
 
-  Reads the work directory only; raises before anything is written when its
-  checkpoints hold another model or none of them restores.
+  Raises before anything is written when the work directory's checkpoints
+  hold another model or none of them restores. Newer checkpoints that could
+  not be read are renamed aside (`checkpoint.set_aside`) once an older one
+  has restored.
   """
   if (workdir / checkpoint.CHECKPOINT_DIR).is_dir():
     manager = checkpoint.checkpoint_manager(workdir, read_only=True)
     try:
-      steps = manager.all_steps()
-      if steps:
-        checkpoint.check_compatible(manager, max(steps), config,
-                                    abstract_state)
-        state, skipped = checkpoint.restore_newest(manager, abstract_state)
-        for message in skipped:
-          logging.warning('Checkpoint %s', message)
-        step = int(jax.device_get(state.step))
-        logging.info('Resumed from step %d in %s.', step, workdir)
-        _warn_config_changes(checkpoint.restore_config(manager, step), config)
-        return state
+      state, saved, skipped = checkpoint.restore_newest(
+          manager, abstract_state, config)
     finally:
       manager.close()
+    if state is not None:
+      step = int(jax.device_get(state.step))
+      _set_aside(skipped, step)
+      logging.info('Resumed from step %d in %s.', step, workdir)
+      _warn_config_changes(saved, config)
+      return state
   init = jax.jit(init, out_shardings=abstract_state.step.sharding)
   # The initial state is replicated, so the sharding-invariant threefry
   # buys nothing here, and the classic one halves XLA's CPU compile time
@@ -206,6 +205,27 @@ def _initial_state(config: ml_collections.ConfigDict, workdir: pathlib.Path,
     state = init(jax.random.PRNGKey(config.training.seed))
   logging.info('Starting %s from scratch in %s.', config.model.name, workdir)
   return state
+
+
+def _set_aside(skipped: list[checkpoint.Skipped], step: int) -> None:
+  """Moves the unreadable checkpoints newer than `step` out of the way.
+
+  Training past them must save their steps again, which orbax refuses while
+  the old directories are there. Process 0 renames them (nothing is
+  deleted); every process waits for it before going on.
+  """
+  if not skipped:
+    return
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('nfnets: restored, before set-aside')
+  for item in skipped:
+    where = item.path
+    if jax.process_index() == 0:
+      where = checkpoint.set_aside(item.path)
+    logging.warning('Checkpoint %s cannot be read; moved it to %s and resumed '
+                    'from step %d. %s', item.path, where, step, item.reason)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('nfnets: set aside')
 
 
 def _log_startup(config: ml_collections.ConfigDict,
@@ -243,8 +263,8 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   eval_step = jax.jit(step_lib.make_eval_step(config, model),
                       in_shardings=(replicated, replicated, batch_sharded),
                       out_shardings=replicated)
-  writer = metrics_lib.MetricWriter(workdir,
-                                    enabled=jax.process_index() == 0)
+  writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0,
+                                    start_step=step)
   writer.write_hparams(_flatten(checkpoint.config_to_dict(config)))
   _log_startup(config, state, mesh, step, total_steps)
   batches = train_batches(config, step, batch_sharded)
@@ -294,16 +314,17 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path,
           if speed is not None:
             final['train/images_per_sec'] = speed.images_per_sec
             final['train/step_time'] = speed.step_time
-          writer.write(step, final)
           progress.show(step, means, speed)
         if do_eval:
           with progress.paused():
             final.update(_evaluate(eval_step, state, config, batch_sharded))
-          writer.write(step, {k: v for k, v in final.items()
-                              if k.startswith('eval/')})
           logging.info('step %d eval: %s', step, ', '.join(
               f'{k[5:]} {v:.4f}' for k, v in final.items()
               if k.startswith('eval/')))
+        if do_log or do_eval or do_save:
+          # One record per step: its train means and, at an eval step, its
+          # evaluation.
+          writer.write(step, final)
         if do_save:
           # After the evaluation: tfds' mock file system (used in tests) is
           # process-wide while a pipeline is built, and would swallow the

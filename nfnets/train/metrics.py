@@ -9,7 +9,7 @@ import json
 import os
 import pathlib
 import time
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Optional, Union
 
 import jax
 import numpy as np
@@ -27,12 +27,19 @@ class MetricWriter:
   WORKDIR`) and, one record per call, to WORKDIR/metrics.jsonl, which
   `read_metrics` reads back. Only process 0 writes; other processes get a
   writer that does nothing.
+
+  A run resumed at `start_step` drops the records after it first: a run
+  killed after its last checkpoint had logged steps that the resumed run
+  logs again, so each step keeps one record.
   """
 
-  def __init__(self, workdir: pathlib.Path, enabled: bool = True):
+  def __init__(self, workdir: pathlib.Path, enabled: bool = True,
+               start_step: Optional[int] = None):
     self._enabled = enabled
     if not enabled:
       return
+    if start_step is not None:
+      _drop_records_after(workdir / METRICS_FILE, start_step)
     # Deferred: clu's writers import TensorFlow, which takes seconds, and
     # only process 0 writes.
     from clu import metric_writers  # pylint: disable=g-import-not-at-top
@@ -60,6 +67,26 @@ class MetricWriter:
     if self._enabled:
       self._tb.close()
       self._jsonl.close()
+
+
+def _drop_records_after(path: pathlib.Path, step: int) -> None:
+  """Rewrites a JSON-lines file without its records after `step`."""
+  if not path.exists():
+    return
+  lines = path.read_text().splitlines(keepends=True)
+  kept = []
+  for line in lines:
+    try:
+      if json.loads(line)['step'] > step:
+        continue
+    except (ValueError, KeyError, TypeError):
+      if line is lines[-1]:
+        continue  # A line cut short by a kill: the resumed run rewrites it.
+    kept.append(line if line.endswith('\n') else line + '\n')
+  if len(kept) != len(lines):
+    tmp = path.with_suffix('.jsonl.tmp')
+    tmp.write_text(''.join(kept))
+    tmp.replace(path)
 
 
 def read_metrics(workdir: Union[str, os.PathLike]) -> list[dict[str, float]]:
