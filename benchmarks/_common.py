@@ -102,21 +102,19 @@ def check_args(args: types.SimpleNamespace) -> types.SimpleNamespace:
     return errors.InputError(
         f'--{name} must be {rule}, got {getattr(args, name)}.')
 
-  for name in _AT_LEAST_ONE:
-    if getattr(args, name, None) is not None and getattr(args, name) < 1:
-      raise bad(name, 'at least 1')
-  for name in _AT_LEAST_ZERO:
-    if getattr(args, name, None) is not None and getattr(args, name) < 0:
-      raise bad(name, '>= 0')
-  for name in _ABOVE_ZERO:
-    if getattr(args, name, None) is not None and not getattr(args, name) > 0:
-      raise bad(name, 'positive')
-  for name in ('sam_batch_fraction',):
-    if getattr(args, name, None) is not None and not 0 < getattr(args, name) <= 1:
-      raise bad(name, 'in (0, 1]')
-  if getattr(args, 'ema_decay', None) is not None and not (
-      0 <= args.ema_decay < 1):
-    raise bad('ema_decay', 'in [0, 1)')
+  def number(name: str) -> Optional[float]:
+    value = getattr(args, name, None)  # Absent, None or a list: not checked.
+    return value if isinstance(value, (int, float)) else None
+
+  for names, rule, ok in (
+      (_AT_LEAST_ONE, 'at least 1', lambda v: v >= 1),
+      (_AT_LEAST_ZERO, '>= 0', lambda v: v >= 0),
+      (_ABOVE_ZERO, 'positive', lambda v: v > 0),
+      (('sam_batch_fraction',), 'in (0, 1]', lambda v: 0 < v <= 1),
+      (('ema_decay',), 'in [0, 1)', lambda v: 0 <= v < 1)):
+    for name in names:
+      if number(name) is not None and not ok(number(name)):
+        raise bad(name, rule)
   devices = getattr(args, 'devices', None)
   if devices and getattr(args, 'batch', None) and args.batch % devices:
     raise errors.InputError(
@@ -130,8 +128,11 @@ def check_args(args: types.SimpleNamespace) -> types.SimpleNamespace:
       raise errors.InputError(f'--{name}={value!r} names an empty model.')
     for spec in value.split(','):
       check_spec(spec.strip())
-  if getattr(args, 'results', None) and not getattr(args, 'no_save', False):
-    errors.make_parent(args.results, f'the results file {args.results}')
+  if not getattr(args, 'no_save', False):
+    for name in ('results', 'figure'):
+      path = getattr(args, name, None)
+      if path:
+        errors.make_parent(path, f'--{name} {path}')
   return args
 
 

@@ -29,11 +29,12 @@ import pytest
 
 from nfnets import train
 from nfnets.cli import config_flag
+from tests import subprocesses
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 _NO_LLVM_OPT = '--xla_backend_optimization_level=0'
 # How long a worker waits for another one to build a shared fixture.
-_SHARED_TIMEOUT_S = 1200
+_SHARED_TIMEOUT_S = subprocesses.TIMEOUT_S
 # The shared run: the default config (NFNet-F0 on digits) with these
 # command-line overrides: 1/16 width, 16 px, 2 steps.
 DIGITS_RUN_FLAGS = (

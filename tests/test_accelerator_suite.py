@@ -10,6 +10,7 @@ import pytest
 
 from benchmarks import _common
 from benchmarks import accelerator_suite as suite
+from tests import subprocesses
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TERA = 1e12
@@ -149,11 +150,10 @@ def test_tiny_suite_measures_every_section(tmp_path, capsys):
 
 
 def test_command_line_reports_a_bad_section_in_one_line():
-  result = subprocess.run(
+  result = subprocesses.run(
       [sys.executable, '-m', 'benchmarks.accelerator_suite', '--tiny',
        '--sections=f0,efnet_vs_f0', '--no_save'],
-      cwd=REPO, capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, NFNETS_HUGE_PAGES='0'))
+      cwd=REPO, capture_output=True, text=True, env=dict(os.environ, NFNETS_HUGE_PAGES='0'))
   assert result.returncode == 1, result.stderr[-2000:]
   assert result.stderr.strip() == (
       "error: Unknown section 'efnet_vs_f0' in --sections; did you mean "

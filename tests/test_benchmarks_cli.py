@@ -14,6 +14,7 @@ from benchmarks import agc_stability
 from benchmarks import inference
 from benchmarks import train_step
 from benchmarks import vs_pytorch
+from tests import subprocesses
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -79,10 +80,10 @@ def test_bad_flags_raise_flag_errors(argv):
                                     'benchmarks.inference'])
 def test_command_line_takes_old_spellings_and_jax_flags(module):
   # An unknown model stops before any compute, after every flag is parsed.
-  result = subprocess.run(
+  result = subprocesses.run(
       [sys.executable, '-m', module, '--model', 'nfnet_f9', '--image-size',
        '32', '--no-save', '--jax_platforms=cpu', '--jax_log_compiles'],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+      cwd=REPO, capture_output=True, text=True)
   assert result.returncode == 1, result.stderr[-3000:]
   assert result.stderr.startswith("error: Unknown model 'nfnet_f9'"), (
       result.stderr[-3000:])

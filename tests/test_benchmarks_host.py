@@ -43,6 +43,7 @@ def test_thp_mode_reads_the_bracketed_setting(tmp_path):
 _CHILD = """
 import os, sys
 from benchmarks import _host as host
+from tests import subprocesses
 print('started', flush=True)
 host.reexec_with_huge_pages()
 print('tunables', os.environ.get('GLIBC_TUNABLES', ''))
@@ -60,7 +61,7 @@ def test_reexec_keeps_arguments_and_adds_the_tunable(opt_out):
   # two outcomes is right; both are checked in full.
   applies = host.needs_huge_page_tunable(
       env, host._thp_mode(), host._glibc_version())  # pylint: disable=protected-access
-  out = subprocess.run(
+  out = subprocesses.run(
       [sys.executable, '-c', _CHILD, 'a b', '--flag=1'], env=env,
       capture_output=True, text=True, check=True,
       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout

@@ -34,11 +34,10 @@ def parse(argv: list[str]):
 
 
 def _cli(module: str, *args: str, cwd: pathlib.Path = REPO,
-         env: dict[str, str] = None, timeout: int = 600
+         env: dict[str, str] = None
          ) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, '-m', module, *args], cwd=cwd,
-                        env=env, capture_output=True, text=True,
-                        timeout=timeout)
+  return subprocesses.run([sys.executable, '-m', module, *args], cwd=cwd,
+                        env=env, capture_output=True, text=True)
 
 
 # ---------------------------------------------------------- configs by name
@@ -202,6 +201,7 @@ if any(isinstance(f, common.QuietImport) for f in sys.meta_path):
 import importlib.util
 assert importlib.util.find_spec('noisy') is not None  # A look, no import.
 import noisy
+from tests import subprocesses
 print('imported', noisy.VALUE, file=sys.stderr)
 '''
 
@@ -211,9 +211,9 @@ def test_native_lines_are_muted_while_importing_at_default_verbosity(
     tmp_path, verbosity):
   (tmp_path / 'noisy.py').write_text(
       'import os\nos.write(2, b"native start-up line\\n")\nVALUE = 7\n')
-  result = subprocess.run(
+  result = subprocesses.run(
       [sys.executable, '-c', _NOISY_IMPORT, str(tmp_path), str(verbosity)],
-      capture_output=True, text=True, timeout=300, cwd=REPO)
+      capture_output=True, text=True, cwd=REPO)
   assert result.returncode == 0, result.stderr[-3000:]
   assert ('native start-up line' in result.stderr) == bool(verbosity)
   assert 'imported 7' in result.stderr  # stderr works again after it.

@@ -312,6 +312,7 @@ _RUN_WITH_DEVICES = '''
 import json, sys
 import ml_collections
 from nfnets import train
+from tests import subprocesses
 config = ml_collections.ConfigDict(json.loads(sys.argv[1]))
 train.train_and_evaluate(config, sys.argv[2])
 '''
@@ -330,7 +331,7 @@ def test_one_and_eight_devices_train_the_same(tmp_path):
                  if not f.startswith('--xla_force_host_platform_device_count')]
     xla_flags.append(f'--xla_force_host_platform_device_count={devices}')
     env = dict(os.environ, XLA_FLAGS=' '.join(xla_flags), JAX_PLATFORMS='cpu')
-    subprocess.run(
+    subprocesses.run(
         [sys.executable, '-c', _RUN_WITH_DEVICES,
          json.dumps(checkpoint.config_to_dict(config)), str(workdir)],
         check=True, env=env, cwd=REPO, capture_output=True)

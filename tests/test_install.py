@@ -16,6 +16,7 @@ import sys
 import pytest
 
 from nfnets.train import checkpoint
+from tests import subprocesses
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # What setup.py reads besides the package.
@@ -38,11 +39,11 @@ def installed(tmp_path_factory) -> pathlib.Path:
     if (REPO / name).is_file():
       shutil.copy2(REPO / name, source / name)
   target = root / 'site'
-  result = subprocess.run(
+  result = subprocesses.run(
       [sys.executable, '-m', 'pip', 'install', '--no-deps', '--no-index',
        '--no-build-isolation', '--no-compile', '--quiet', '--target',
        str(target), str(source)],
-      capture_output=True, text=True, timeout=600)
+      capture_output=True, text=True)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
   return target
 
@@ -52,8 +53,8 @@ def _run(installed: pathlib.Path, cwd: pathlib.Path, *args: str,
   """`python ARGS` with only the installed copy of nfnets importable."""
   env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
   env.update(cache_env, PYTHONPATH=str(installed))
-  return subprocess.run([sys.executable, *args], cwd=cwd, env=env,
-                        capture_output=True, text=True, timeout=900)
+  return subprocesses.run([sys.executable, *args], cwd=cwd, env=env,
+                        capture_output=True, text=True)
 
 
 def _steps(workdir: pathlib.Path) -> list[int]:

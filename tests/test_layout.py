@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+from tests import subprocesses
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / 'nfnets'
 MAX_LINES = 450
@@ -155,9 +156,8 @@ def test_libraries_define_no_flags_and_never_reexecute():
             'nfnets.spp, nfnets.pretrained, nfnets.configs, nfnets.data, '
             'nfnets.optim, nfnets.layers\n'
             'print(sorted(set(absl.flags.FLAGS) - before))\n')
-  out = subprocess.run([sys.executable, '-c', script], capture_output=True,
-                       text=True, check=True, timeout=300,
-                       env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  out = subprocesses.run([sys.executable, '-c', script], capture_output=True,
+                       text=True, check=True, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
   new_flags = eval(out.stdout.strip().splitlines()[-1])  # pylint: disable=eval-used
   ours = {'config', 'workdir', 'models', 'depth', 'out', 'num_processes'}
   assert not ours & set(new_flags), new_flags

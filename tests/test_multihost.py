@@ -24,6 +24,7 @@ from nfnets import errors
 from nfnets import train
 from nfnets.train import config as train_config
 from nfnets.train import metrics
+from tests import subprocesses
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # NFNet-F0 with two stages at 1/16 width on 16 px digits, global batch 8,
@@ -42,7 +43,6 @@ FLAGS = (
     '--config.data.cutmix_alpha=1.0', '--config.model.kwargs.width=0.0625',
     '--config.model.kwargs.depth=(1,1)',
     '--config.model.kwargs.widths=(256,512)')
-_TIMEOUT_S = 600
 
 
 def _augmented_digits_config():
@@ -164,7 +164,7 @@ def _start(workdir: pathlib.Path, log: pathlib.Path,
   # Logs go to files: a full pipe would stall one process of a pair while
   # the other waits for it in a collective.
   with open(log, 'w') as out:
-    return subprocess.Popen(
+    return subprocesses.popen(
         [sys.executable, '-m', 'nfnets.experiment', f'--workdir={workdir}',
          *FLAGS, *extra], cwd=REPO, env=_env(), stdout=out,
         stderr=subprocess.STDOUT)
@@ -186,8 +186,8 @@ def test_two_processes_log_the_losses_of_one(tmp_path):
              f'--process_id={i}', f'--coordinator_address=127.0.0.1:{port}')
       for i in range(2)]
   try:
-    for proc in procs:
-      proc.wait(timeout=_TIMEOUT_S)
+    for proc, log in zip(procs, logs):
+      subprocesses.communicate(proc, log=log)
   finally:
     for proc in procs:
       if proc.poll() is None:

@@ -5,6 +5,7 @@ import pathlib
 import nbclient
 import nbformat
 import pytest
+from tests import subprocesses
 
 # Needs the session's tiny trained run (`digits_run` in conftest.py), then
 # runs the notebook in a fresh kernel.
@@ -24,7 +25,7 @@ def test_notebook_runs_top_to_bottom(digits_run, compilation_cache_env,
   for name, value in compilation_cache_env.items():
     monkeypatch.setenv(name, value)
   client = nbclient.NotebookClient(
-      notebook, timeout=600, kernel_name='python3',
+      notebook, timeout=subprocesses.TIMEOUT_S, kernel_name='python3',
       resources={'metadata': {'path': str(_NOTEBOOK.parent)}})
   client.execute()  # Raises CellExecutionError naming the failing cell.
   text = '\n'.join(o.get('text', '') for c in notebook.cells

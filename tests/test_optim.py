@@ -17,6 +17,7 @@ import pytest
 from nfnets import models
 from nfnets import optim
 from nfnets.train import optimizer as train_optimizer
+from tests import subprocesses
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -587,8 +588,7 @@ def test_jit_with_sharded_params_has_no_host_transfers():
   env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '')
                       + ' --xla_force_host_platform_device_count=8')
   env['JAX_PLATFORMS'] = 'cpu'
-  result = subprocess.run([sys.executable, '-c', _SHARDED_SCRIPT], env=env,
-                          cwd=_REPO, capture_output=True, text=True,
-                          timeout=300)
+  result = subprocesses.run([sys.executable, '-c', _SHARDED_SCRIPT], env=env,
+                          cwd=_REPO, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr[-4000:]
   assert result.stdout.strip().endswith('OK')

@@ -29,6 +29,7 @@ from nfnets.train import metrics as metrics_lib
 from tests.conftest import DIGITS_RUN_FLAGS
 from tests.conftest import digits_run_config
 from tests.test_compat import LEGACY_RUN
+from tests import subprocesses
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # A small, fast run: a two-stage F0 at 1/16 width on 16 px digits.
@@ -41,23 +42,19 @@ TINY = ('--config=experiments/digits.py', '--config.training.num_steps=2',
 
 
 def _snapshot(root: pathlib.Path) -> dict[str, str]:
+  """Every file's hash and every directory under `root`."""
   return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-          for p in sorted(root.rglob('*')) if p.is_file()}
+          if p.is_file() else 'dir' for p in sorted(root.rglob('*'))}
 
 
-def _cli(module: str, *args: str, timeout: int = 300
-         ) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=timeout)
+def _cli(module: str, *args: str) -> subprocess.CompletedProcess:
+  return subprocesses.run([sys.executable, '-m', module, *args], cwd=REPO,
+                        capture_output=True, text=True)
 
 
 def _assert_one_error(result: subprocess.CompletedProcess, needle: str,
                       max_lines: int = 3):
-  """Exit status 1, no traceback, and the message last, at most a few lines.
-
-  (Missing ImageNet data is the one longer message: it prints the prepare
-  command.)
-  """
+  """Exit status 1, no traceback, and the message last, at most 3 lines."""
   assert result.returncode == 1, result.stderr[-3000:]
   assert 'Traceback' not in result.stderr, result.stderr[-3000:]
   assert '\nerror: ' in '\n' + result.stderr, result.stderr[-3000:]
@@ -83,19 +80,18 @@ def _legacy_config():
 
 def test_a_second_runner_on_a_locked_workdir_exits_at_once(tmp_path):
   workdir = tmp_path / 'run'
-  holder = subprocess.Popen(
+  holder = subprocesses.popen(
       [sys.executable, '-c', 'import sys, time\n'
        'from nfnets.train import lock\n'
        f'lock.WorkdirLock({str(workdir)!r}).acquire()\n'
-       'print("locked", flush=True)\ntime.sleep(120)\n'],
+       f'print("locked", flush=True)\ntime.sleep({subprocesses.TIMEOUT_S})\n'],
       cwd=REPO, stdout=subprocess.PIPE, text=True)
   try:
     assert holder.stdout.readline().strip() == 'locked'
-    start = time.monotonic()
     result = _cli('nfnets.experiment', f'--workdir={workdir}', *TINY)
     _assert_one_error(result, f'pid {holder.pid}')
     assert 'in use by another run' in result.stderr
-    assert time.monotonic() - start < 120
+    assert holder.poll() is None  # It did not wait for the lock.
     assert not (workdir / 'config.json').exists()
   finally:
     holder.kill()  # SIGKILL: the kernel releases the lock.
@@ -214,11 +210,11 @@ def test_a_full_disk_stops_the_run_with_one_message(tmp_path):
   (workdir / 'checkpoints').mkdir(parents=True)
   _mount('-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', str(workdir / 'checkpoints'))
   try:
-    start = time.monotonic()
     result = _cli('nfnets.experiment', f'--workdir={workdir}', *TINY)
+    # The probe before orbax starts says so (orbax itself would have waited
+    # minutes for its writer threads).
     _assert_one_error(result, 'MiB are free')
     assert str(workdir / 'checkpoints') in result.stderr
-    assert time.monotonic() - start < 200
   finally:
     subprocess.run(['umount', str(workdir / 'checkpoints')], check=False)
 
@@ -232,11 +228,9 @@ def test_a_read_only_checkpoint_directory_keeps_older_ones(tmp_path):
   _mount('--bind', str(steps), str(steps))
   try:
     _mount('-o', 'remount,bind,ro', str(steps))
-    start = time.monotonic()
     result = _cli('nfnets.experiment', f'--workdir={workdir}', *TINY,
                   '--config.training.num_steps=3')
     _assert_one_error(result, 'Read-only file system')
-    assert time.monotonic() - start < 200
   finally:
     subprocess.run(['umount', str(steps)], check=False)
   assert checkpoint.checkpoint_manager(workdir).all_steps() == [2]
@@ -288,8 +282,7 @@ def test_runner_user_errors_are_one_line(tmp_path, args, needle):
   elif not any(a.startswith('--config=') for a in args):
     flags = list(TINY)
   result = _cli('nfnets.experiment', f'--workdir={workdir}', *flags, *args)
-  _assert_one_error(result, needle,
-                    max_lines=12 if needle == 'download_and_prepare' else 3)
+  _assert_one_error(result, needle)
 
 
 def test_traceback_flag_shows_the_traceback(tmp_path):
@@ -318,6 +311,119 @@ def test_model_kwargs_parse_as_literals():
   assert argv == ['prog', '--workdir=x']
 
 
+# ------------------------------- every command line, every class of mistake
+
+_DICT_CONFIG = 'def get_config():\n  return {"model": {"name": "nfnet_f0"}}\n'
+_SPP = ('--models=nf_resnet_ws', '--depth=50', '--width=0.0625',
+        '--image_size=16', '--batch_size=2', '--out={tmp}/spp.png')
+_STEP = ('--model=nfnet_f0', '--width=0.0625', '--image_size=16',
+         '--results={tmp}/records.jsonl')
+
+# (command line, arguments, what the message says). In the arguments,
+# {file} is a regular file, {ro} a directory on a read-only file system,
+# {legacy} a work directory with a checkpoint, {legacy_ro} the same on a
+# read-only file system, {truncated} one whose checkpoint's data files are
+# cut short, {dict_config} a config file whose get_config returns a dict.
+_MISTAKES = [
+    # Paths that cannot be created or written.
+    ('nfnets.experiment', ('--workdir={file}/run', *TINY), 'Not a directory'),
+    ('nfnets.experiment', ('--workdir={ro}/run', *TINY),
+     'Read-only file system'),
+    ('nfnets.experiment', ('--workdir={legacy_ro}', *TINY,
+                           '--config.model.kwargs.width=0.03125'),
+     'runner.lock'),
+    ('nfnets.evaluate', ('--workdir={legacy}', '--confusion_png={file}/c.png'),
+     'Not a directory'),
+    ('nfnets.evaluate', ('--workdir={legacy}', '--confusion_png={ro}/c.png'),
+     'Read-only file system'),
+    ('nfnets.spp', (*_SPP, '--out={file}/spp.png'), 'Not a directory'),
+    ('nfnets.spp', (*_SPP, '--out={ro}/spp.png'), 'Read-only file system'),
+    ('benchmarks.train_step', (*_STEP, '--results={file}/r.jsonl'),
+     'Not a directory'),
+    # Configs that are not ConfigDicts.
+    ('nfnets.experiment', ('--config={dict_config}', '--workdir={tmp}/run'),
+     'not an ml_collections.ConfigDict'),
+    # Checkpoints that cannot be read.
+    ('nfnets.evaluate', ('--workdir={truncated}', '--no_progress'),
+     'corrupt or incomplete'),
+    # Flags out of range or inconsistent.
+    ('nfnets.spp', (*_SPP, '--width=0'), 'width must be positive'),
+    ('nfnets.spp', (*_SPP, '--batch_size=0'), 'batch_size must be at least 2'),
+    ('nfnets.spp', (*_SPP, '--models='), 'Name at least one model'),
+    ('nfnets.spp', (*_SPP, '--image_size=-8'), 'image_size must be positive'),
+    ('nfnets.spp', (*_SPP, '--depth=51'), 'has no depth 51; depths: 50, 101'),
+    ('nfnets.spp', (*_SPP, '--models=nfnet_f0:x'), "Unknown model 'nfnet_f0:x'"),
+    ('nfnets.spp', (*_SPP, '--depth=abc'), 'flag --depth=abc'),
+    ('benchmarks.train_step', (*_STEP, '--batch=0'),
+     '--batch must be at least 1'),
+    ('benchmarks.train_step', (*_STEP, '--steps=0'),
+     '--steps must be at least 1'),
+    ('benchmarks.train_step', (*_STEP, '--sam_rho=-0.1'),
+     '--sam_rho must be >= 0'),
+    ('benchmarks.train_step', (*_STEP, '--devices=3'),
+     'does not divide over --devices=3'),
+    ('benchmarks.train_step', (*_STEP, '--model=nfnet_f0@bogus'),
+     'Unknown suffix @bogus'),
+    ('benchmarks.train_step', (*_STEP, '--image_size=-2'),
+     '--image_size must be at least 1'),
+    ('benchmarks.inference', ('--batch=0', '--no_save'),
+     '--batch must be at least 1'),
+    ('benchmarks.input_pipeline', ('--seconds=0', '--no_save'),
+     '--seconds must be positive'),
+    ('benchmarks.agc_stability', ('--steps=0', '--out={tmp}/agc'),
+     '--steps must be at least 1'),
+    ('benchmarks.batch_size_study', ('--epochs=0', '--results={tmp}/r.json'),
+     '--epochs must be positive'),
+    ('benchmarks.ho_stacking_study', ('--seeds=0', '--results={tmp}/r.json'),
+     '--seeds must be at least 1'),
+    ('benchmarks.accelerator_suite', ('--fake_classes=0', '--no_save'),
+     '--fake_classes must be at least 1'),
+]
+
+
+@pytest.fixture
+def mistake_paths(tmp_path):
+  """The paths `_MISTAKES` name, with read-only mounts when asked."""
+  mounts = []
+
+  def make(args: tuple[str, ...]) -> list[str]:
+    text = ' '.join(args)
+    paths = {'tmp': tmp_path, 'file': tmp_path / 'a_file',
+             'ro': tmp_path / 'ro', 'legacy': tmp_path / 'legacy',
+             'legacy_ro': tmp_path / 'legacy_ro',
+             'truncated': tmp_path / 'truncated',
+             'dict_config': tmp_path / 'dict_config.py'}
+    paths['file'].write_text('a regular file')
+    paths['dict_config'].write_text(_DICT_CONFIG)
+    for name in ('legacy', 'legacy_ro', 'truncated'):
+      if '{' + name + '}' in text:
+        shutil.copytree(LEGACY_RUN, paths[name])
+    if '{truncated}' in text:
+      _truncate_data(paths['truncated'] / 'checkpoints' / '2')
+    for name in ('ro', 'legacy_ro'):
+      if '{' + name + '}' in text:
+        paths[name].mkdir(exist_ok=True)
+        _mount('--bind', str(paths[name]), str(paths[name]))
+        mounts.append(paths[name])
+        _mount('-o', 'remount,bind,ro', str(paths[name]))
+    return [a.format(**paths) for a in args]
+
+  yield make
+  for path in mounts:
+    subprocess.run(['umount', str(path)], check=False)
+
+
+@pytest.mark.parametrize('module, args, needle', _MISTAKES,
+                         ids=[f'{m}:{a[-1][:30]}' for m, a, _ in _MISTAKES])
+def test_every_mistake_is_one_short_error_that_writes_nothing(
+    tmp_path, mistake_paths, module, args, needle):
+  args = mistake_paths(args)
+  before = _snapshot(tmp_path)
+  result = _cli(module, *args)
+  _assert_one_error(result, needle)
+  assert _snapshot(tmp_path) == before
+
+
 # ------------------------------------------------------- inputs of predict
 
 
@@ -332,6 +438,8 @@ def legacy_ckpt():
     (np.full((2, 8, 8), np.nan, np.float32), 'NaN'),
     (np.zeros((2, 8, 8, 2), np.uint8), 'must be a batch'),
     (np.zeros((2, 8, 8), np.int64), 'uint8'),
+    (np.zeros((2, 0, 8), np.uint8), 'no pixels'),
+    (np.zeros((2, 8, 0, 3), np.float32), 'no pixels'),
 ])
 def test_predict_refuses_images_it_would_misread(legacy_ckpt, images, needle):
   with pytest.raises(errors.InputError) as error:
@@ -347,6 +455,8 @@ def test_predict_and_logits_check_batch_size_and_shape(legacy_ckpt):
     legacy_ckpt.predict(images, batch_size=0)
   with pytest.raises(errors.InputError, match=r'\[N, S, S, 3\]'):
     legacy_ckpt.logits(np.zeros((16, 16, 3), np.float32))
+  with pytest.raises(errors.InputError, match=r'\[N, S, S, 3\]'):
+    legacy_ckpt.logits(np.zeros((2, 0, 0, 3), np.float32))
   with pytest.raises(errors.InputError, match='batch_size'):
     evaluate.evaluate(legacy_ckpt, batch_size=0, progress=False)
 
@@ -365,13 +475,13 @@ def test_two_processes_share_one_lock(tmp_path):
   # them; the other process must neither take it nor be refused by it.
   workdir = tmp_path / 'run'
   port = 20000 + os.getpid() % 20000
-  procs = [subprocess.Popen(
+  procs = [subprocesses.popen(
       [sys.executable, '-m', 'nfnets.experiment', f'--workdir={workdir}',
        *TINY, '--num_processes=2', f'--process_id={i}',
        f'--coordinator_address=127.0.0.1:{port}'],
       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
-  outputs = [p.communicate(timeout=600) for p in procs]
+  outputs = [subprocesses.communicate(p) for p in procs]
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-3000:]
   assert f'"pid": {procs[0].pid}' in (workdir / 'runner.lock').read_text()

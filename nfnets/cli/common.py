@@ -83,7 +83,10 @@ def load_config(holder: flags.FlagHolder) -> ml_collections.ConfigDict:
 def _report(error: errors.UserError, show_traceback: bool) -> None:
   if show_traceback:
     raise error
-  print(f'error: {error}', file=sys.stderr)
+  message = str(error).strip()
+  if len(message.splitlines()) > 3:
+    message = one_paragraph(message)
+  print(f'error: {message}', file=sys.stderr)
   if getattr(error, 'exit_now', False):
     # Threads of a failed library call (orbax's writers) would otherwise
     # keep the process alive, and print their own tracebacks at shutdown.

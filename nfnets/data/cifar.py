@@ -37,10 +37,9 @@ PADDING = 4
 
 _PREPARE_HELP = """\
 The tfds data set {name!r} is not prepared in {data_dir}. Prepare it once \
-(downloads ~160 MB; needs internet):
-  python -c "import tensorflow_datasets as tfds; \
-tfds.builder('{name}', data_dir='{data_dir}').download_and_prepare()"
-and pass --config.data.data_dir={data_dir} (the directory it was prepared in)."""
+(downloads ~160 MB):
+python -c "import tensorflow_datasets as tfds; \
+tfds.builder('{name}', data_dir='{data_dir}').download_and_prepare()\""""
 
 # What an unprepared CIFAR raises (shared by every tfds data set).
 DataNotPreparedError = tfds_common.DataNotPreparedError

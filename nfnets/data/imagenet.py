@@ -26,17 +26,15 @@ from nfnets.data import augment
 from nfnets.data import base
 from nfnets.data import tfds_common
 
+# Three lines: what is missing and where the archives come from, then the
+# command (the archives cannot be downloaded for the user).
 _PREPARE_HELP = """\
-The tfds data set {name!r} is not prepared in {data_dir}.
-ImageNet cannot be downloaded automatically. Download ILSVRC2012_img_train.tar
-and ILSVRC2012_img_val.tar from https://image-net.org into a directory M and
-prepare it once (a few hours; needs ~300 GB free):
-
-  python -c "import tensorflow_datasets as tfds; \\
-tfds.builder('{name}', data_dir='{data_dir}').download_and_prepare(\\
-download_config=tfds.download.DownloadConfig(manual_dir='M'))"
-
-then set --config.data.data_dir={data_dir}."""
+The tfds data set {name!r} is not prepared in {data_dir}. Put \
+ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from image-net.org in a \
+directory M and prepare it once (hours; ~300 GB free):
+python -c "import tensorflow_datasets as tfds; \
+tfds.builder('{name}', data_dir='{data_dir}').download_and_prepare(\
+download_config=tfds.download.DownloadConfig(manual_dir='M'))\""""
 
 
 # What an unprepared ImageNet raises (shared by every tfds data set).
