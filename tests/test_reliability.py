@@ -7,6 +7,7 @@ user can make is one `error:` line from the command lines, never a
 traceback.
 """
 import hashlib
+import json
 import os
 import pathlib
 import shutil
@@ -182,6 +183,21 @@ def test_a_run_whose_newest_checkpoint_is_unreadable_finishes_bit_identical(
   assert [r['step'] for r in metrics_lib.read_metrics(workdir)] == [1, 2]
 
 
+def test_a_resumed_run_keeps_one_metrics_record_per_step(tmp_path):
+  # A run killed after logging steps 1-5 (the last line cut short) whose
+  # newest checkpoint is step 3 resumes there and logs 4 and 5 again.
+  lines = [json.dumps({'step': step, 'train/loss': 1.0 / step})
+           for step in range(1, 6)]
+  (tmp_path / metrics_lib.METRICS_FILE).write_text(
+      '\n'.join(lines) + '\n{"step": 6, "train/lo')
+  writer = metrics_lib.MetricWriter(tmp_path, start_step=3)
+  writer.write(4, {'train/loss': 0.25})
+  writer.close()
+  records = metrics_lib.read_metrics(tmp_path)
+  assert [r['step'] for r in records] == [1, 2, 3, 4]
+  assert [r['train/loss'] for r in records] == [1.0, 0.5, 1.0 / 3, 0.25]
+
+
 def test_no_readable_checkpoint_is_one_error_and_changes_nothing(digits_run,
                                                                  tmp_path):
   workdir = shutil.copytree(digits_run, tmp_path / 'run')
@@ -343,6 +359,14 @@ _MISTAKES = [
     # Configs that are not ConfigDicts.
     ('nfnets.experiment', ('--config={dict_config}', '--workdir={tmp}/run'),
      'not an ml_collections.ConfigDict'),
+    # Flags absl would answer with its whole --help, and a seed numpy refuses
+    # only after the work directory exists.
+    ('nfnets.experiment', ('--workdir=',), '--workdir is required'),
+    ('nfnets.experiment', ('--workdir={tmp}/run', *TINY, '--num_processes=2'),
+     'needs --coordinator_address'),
+    ('nfnets.experiment', ('--workdir={tmp}/run', *TINY,
+                           '--config.training.seed=-1'),
+     'training.seed must be >= 0'),
     # Checkpoints that cannot be read.
     ('nfnets.evaluate', ('--workdir={truncated}', '--no_progress'),
      'corrupt or incomplete'),

@@ -202,6 +202,10 @@ def _guarded(main: Main, argv: Sequence[str]) -> Any:
     main(argv)  # What it returns is for callers in Python, not an exit code.
   except errors.UserError as e:
     _report(e, _TRACEBACK.value)
+  except app.UsageError as e:
+    # absl would print the whole --help above it.
+    _report(errors.UserError(f'{e} (--helpshort lists the flags)'),
+            _TRACEBACK.value)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

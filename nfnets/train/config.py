@@ -241,6 +241,8 @@ def validate_config(config: ml_collections.ConfigDict,
   if not 0.0 <= tc.ema_decay < 1.0:
     raise ConfigError(f'training.ema_decay must be in [0, 1), got '
                       f'{tc.ema_decay}.')
+  if tc.seed < 0:
+    raise ConfigError(f'training.seed must be >= 0, got {tc.seed}.')
   if tc.log_every < 1:
     raise ConfigError(f'training.log_every must be positive, got '
                       f'{tc.log_every}.')
