@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from benchmarks import _host as host
+from tests import subprocesses
 
 _LINUX_MADVISE = dict(thp_mode='madvise', glibc_version=(2, 36),
                       system='linux')
@@ -43,7 +44,6 @@ def test_thp_mode_reads_the_bracketed_setting(tmp_path):
 _CHILD = """
 import os, sys
 from benchmarks import _host as host
-from tests import subprocesses
 print('started', flush=True)
 host.reexec_with_huge_pages()
 print('tunables', os.environ.get('GLIBC_TUNABLES', ''))

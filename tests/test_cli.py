@@ -19,6 +19,7 @@ import pytest
 
 from nfnets.cli import common
 from nfnets.cli import config_flag
+from tests import subprocesses
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 EXPERIMENTS = REPO / 'experiments'
@@ -201,7 +202,6 @@ if any(isinstance(f, common.QuietImport) for f in sys.meta_path):
 import importlib.util
 assert importlib.util.find_spec('noisy') is not None  # A look, no import.
 import noisy
-from tests import subprocesses
 print('imported', noisy.VALUE, file=sys.stderr)
 '''
 

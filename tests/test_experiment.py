@@ -28,6 +28,7 @@ from nfnets.train import checkpoint
 from nfnets.train import config as train_config
 from nfnets.train import state as train_state
 from nfnets.train import step as train_step
+from tests import subprocesses
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -312,7 +313,6 @@ _RUN_WITH_DEVICES = '''
 import json, sys
 import ml_collections
 from nfnets import train
-from tests import subprocesses
 config = ml_collections.ConfigDict(json.loads(sys.argv[1]))
 train.train_and_evaluate(config, sys.argv[2])
 '''

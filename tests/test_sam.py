@@ -27,6 +27,7 @@ from nfnets.train import state as train_state
 from nfnets.train import step as train_step
 from tests.conftest import parse_config_flags
 from tests.test_experiment import tiny_config
+from tests import subprocesses
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 NUM_CLASSES = 10
@@ -209,7 +210,6 @@ import jax
 import numpy as np
 from nfnets.train import state as train_state
 from tests import test_sam
-from tests import subprocesses
 assert jax.device_count() == 2, jax.devices()
 mesh = train_state.make_mesh()
 batch = test_sam.sample_batch()

@@ -425,7 +425,7 @@ def test_benchmark_train_step_compiles_once_and_learns():
   name = 'nfnet_f0'
   args = train_step.parse_args([
       '--model', name, '--width', '0.125', '--batch', '8',
-      '--image-size', '32', '--num-classes', '10', '--steps', '0',
+      '--image-size', '32', '--num-classes', '10', '--steps', '1',
       '--warmup', '0', '--no-save'])
   runner = train_step._Runner(name, args)  # pylint: disable=protected-access
   first = None

@@ -28,8 +28,6 @@ import json
 import os
 import pathlib
 import shutil
-import sys
-import time
 from typing import Any, Optional, Union
 
 import jax
@@ -38,6 +36,7 @@ import orbax.checkpoint as ocp
 
 from nfnets import errors
 from nfnets.train import state as state_lib
+from nfnets.train import unreadable
 
 PathLike = Union[str, os.PathLike]
 
@@ -200,64 +199,18 @@ def _step_dir(manager: ocp.CheckpointManager, step: int) -> pathlib.Path:
   return pathlib.Path(str(manager.directory)) / str(step)
 
 
-def _reason(error: BaseException) -> str:
-  """What went wrong, in one short line (the detail is in the traceback).
-
-  TensorStore's messages carry the whole JSON spec of the array it failed
-  to read: its first sentence is what a user can act on.
-  """
-  text = ' '.join(str(error).split())
-  text = text.split(' See full TensorStore details')[0]
-  if len(text) > 160:
-    text = text[:160] + ' ...'
-  return f'{type(error).__name__}: {text}' if text else type(error).__name__
-
-
-def _is_abandoned_read(error: Optional[BaseException], where: Any) -> bool:
-  if isinstance(error, RuntimeError) and str(error) == 'Event loop is closed':
-    return True
-  code = getattr(where, 'cr_code', None)
-  return code is not None and f'{os.sep}orbax{os.sep}' in code.co_filename
-
-
-def _quiet_abandoned_reads() -> None:
-  """Drops the echoes of a failed restore's other reads from stderr.
-
-  When one array of a checkpoint cannot be read, orbax raises at once and
-  closes its event loop while TensorStore's reads of the other arrays are
-  still running. Each of them then fails on TensorStore's own threads
-  ('Event loop is closed', or the same read error in a coroutine nobody
-  awaits), and Python prints every one as a traceback: thousands of lines
-  after the one error that was already raised. Only those are dropped.
-  """
-  if getattr(sys.excepthook, 'drops_abandoned_reads', False):
-    return
-  excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
-
-  def quiet_excepthook(kind, error, trace):
-    if not _is_abandoned_read(error, None):
-      excepthook(kind, error, trace)
-
-  def quiet_unraisablehook(unraisable):
-    if not _is_abandoned_read(unraisable.exc_value, unraisable.object):
-      unraisablehook(unraisable)
-
-  quiet_excepthook.drops_abandoned_reads = True
-  sys.excepthook, sys.unraisablehook = quiet_excepthook, quiet_unraisablehook
-
-
 def _restore_item(manager: ocp.CheckpointManager, step: int, what: str,
                   **items: Any) -> Any:
   """`manager.restore` of `items` at `step`, failures as CheckpointError."""
   # Before the read: the echoes of a failed one start before it raises.
-  _quiet_abandoned_reads()
+  unreadable.quiet_abandoned_reads()
   try:
     return manager.restore(step, args=ocp.args.Composite(**items))
   except Exception as e:  # orbax raises many types; all mean the same here.
     raise CheckpointError(
         f'Cannot read {what} {_step_dir(manager, step) / next(iter(items))} '
         f'(corrupt or incomplete; --traceback shows the detail): '
-        f'{_reason(e)}') from e
+        f'{unreadable.reason(e)}') from e
 
 
 def _check_step(manager: ocp.CheckpointManager, step: int) -> None:
@@ -345,25 +298,18 @@ def check_compatible(manager: ocp.CheckpointManager, step: int,
           f'{wanted.get(name, "absent")} here. {fresh}')
 
 
-@dataclasses.dataclass
-class Skipped:
-  """A checkpoint that could not be read, and why."""
-  step: int
-  path: pathlib.Path
-  reason: str
-
-
 def restore_newest(
     manager: ocp.CheckpointManager, abstract_state: state_lib.TrainState,
     config: Optional[ml_collections.ConfigDict] = None,
 ) -> tuple[Optional[state_lib.TrainState],
-           Optional[ml_collections.ConfigDict], list[Skipped]]:
+           Optional[ml_collections.ConfigDict], list[unreadable.Skipped]]:
   """The newest checkpoint that restores, and the newer ones that did not.
 
   A checkpoint whose config or state cannot be read (truncated, garbled,
-  missing metadata) is skipped and left where it is (see `set_aside`). With
-  `config`, each readable checkpoint is first checked to hold the same
-  model (`check_compatible`): another model is an error, not a skip.
+  missing metadata) is skipped and left where it is (see
+  `unreadable.set_aside`). With `config`, each readable checkpoint is first
+  checked to hold the same model (`check_compatible`): another model is an
+  error, not a skip.
 
   Returns:
     (state, its saved config, the skipped checkpoints newest first); state
@@ -383,40 +329,14 @@ def restore_newest(
     except IncompatibleCheckpointError:
       raise
     except CheckpointError as e:
-      skipped.append(Skipped(step, _step_dir(manager, step), str(e)))
+      skipped.append(unreadable.Skipped(step, _step_dir(manager, step),
+                                        str(e)))
   if skipped:
     raise CheckpointError(
         f'No checkpoint in {manager.directory} can be read (steps '
         f'{", ".join(str(s.step) for s in skipped)}); the newest: '
         f'{skipped[0].reason} Pass a fresh --workdir to start over.')
   return None, None, skipped
-
-
-def set_aside(path: PathLike) -> pathlib.Path:
-  """Renames an unreadable step directory out of the checkpoints' way.
-
-  `checkpoints/40` becomes `checkpoints/40.unreadable-<UTC time>`: orbax no
-  longer counts it as a step, so a run that resumed from an older step can
-  save step 40 again, and nothing is deleted.
-
-  Raises:
-    SaveError: the directory cannot be renamed (read-only, permissions).
-  """
-  path = pathlib.Path(path)
-  stamp = time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())
-  target = path.with_name(f'{path.name}.unreadable-{stamp}')
-  number = 1
-  while target.exists():
-    number += 1
-    target = path.with_name(f'{path.name}.unreadable-{stamp}-{number}')
-  try:
-    path.rename(target)
-  except OSError as e:
-    raise SaveError(
-        f'Cannot move the unreadable checkpoint {path} aside: {e.strerror} '
-        f'({e.filename}). Move or delete it yourself, then run the same '
-        'command again.') from e
-  return target
 
 
 def restore_latest(

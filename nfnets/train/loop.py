@@ -31,6 +31,7 @@ from nfnets.train import preemption
 from nfnets.train import progress as progress_lib
 from nfnets.train import state as state_lib
 from nfnets.train import step as step_lib
+from nfnets.train import unreadable
 
 Metrics = metrics_lib.Metrics
 
@@ -181,7 +182,7 @@ def _initial_state(config: ml_collections.ConfigDict, workdir: pathlib.Path,
 
   Raises before anything is written when the work directory's checkpoints
   hold another model or none of them restores. Newer checkpoints that could
-  not be read are renamed aside (`checkpoint.set_aside`) once an older one
+  not be read are renamed aside (`unreadable.set_aside`) once an older one
   has restored.
   """
   if (workdir / checkpoint.CHECKPOINT_DIR).is_dir():
@@ -207,7 +208,7 @@ def _initial_state(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   return state
 
 
-def _set_aside(skipped: list[checkpoint.Skipped], step: int) -> None:
+def _set_aside(skipped: list[unreadable.Skipped], step: int) -> None:
   """Moves the unreadable checkpoints newer than `step` out of the way.
 
   Training past them must save their steps again, which orbax refuses while
@@ -221,7 +222,7 @@ def _set_aside(skipped: list[checkpoint.Skipped], step: int) -> None:
   for item in skipped:
     where = item.path
     if jax.process_index() == 0:
-      where = checkpoint.set_aside(item.path)
+      where = unreadable.set_aside(item.path)
     logging.warning('Checkpoint %s cannot be read; moved it to %s and resumed '
                     'from step %d. %s', item.path, where, step, item.reason)
   if jax.process_count() > 1:
