@@ -101,8 +101,9 @@ def make_train_step(args: types.SimpleNamespace, clipping: float,
   optimizer = optax.chain(
       unit_peak_optimizer(args, clipping),
       optax.inject_hyperparams(optax.scale)(step_size=1.0))
-  return optimizer, jax.jit(step_lib.make_train_step(config, forward,
-                                                     optimizer))
+  mesh = state_lib.make_mesh()
+  return optimizer, step_lib.compile_train_step(
+      step_lib.make_train_step(config, forward, optimizer, mesh), mesh)
 
 
 def with_learning_rate(opt_state: Any, lr: float) -> Any:

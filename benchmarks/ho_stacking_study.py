@@ -210,10 +210,12 @@ class _Scheme:
     self.optimizer, _ = state_lib.build_optimizer(config)
     self._init = jax.jit(functools.partial(
         state_lib.init_train_state, config, self.model, self.optimizer))
-    self.train_step = jax.jit(
-        step_lib.make_train_step(config, self.model, self.optimizer),
-        donate_argnums=0)
-    self.eval_step = jax.jit(step_lib.make_eval_step(config, self.model))
+    mesh = state_lib.make_mesh()
+    self.train_step = step_lib.compile_train_step(
+        step_lib.make_train_step(config, self.model, self.optimizer, mesh),
+        mesh)
+    self.eval_step = step_lib.compile_eval_step(
+        step_lib.make_eval_step(config, self.model), mesh)
 
   def init(self, seed: int) -> state_lib.TrainState:
     """The runner's fresh state for `seed`."""

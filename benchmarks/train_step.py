@@ -152,9 +152,7 @@ class _Runner:
       self.trace_count[0] += 1
       return step(state, batch)
 
-    self.step = jax.jit(counted, donate_argnums=0,
-                        in_shardings=(replicated, batch_sharding),
-                        out_shardings=(replicated, replicated))
+    self.step = step_lib.compile_train_step(counted, mesh)
     start = time.perf_counter()
     self.compiled = self.step.lower(state, self.batch).compile()
     self.compile_s = time.perf_counter() - start

@@ -23,7 +23,7 @@ from nfnets.train import optimizer as optimizer_config
 COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
 # Group path -> fields a config may lack (it was saved before they existed).
 _ADDED_FIELDS = {'optimizer.': optimizer_config.ADDED_FIELDS,
-                 'training.': ('profile_steps',)}
+                 'training.': ('profile_steps', 'accumulation_steps')}
 
 
 class ConfigError(errors.UserError, ValueError):
@@ -53,6 +53,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.training = ml_collections.ConfigDict()
   # Global batch over all devices and processes.
   config.training.batch_size = 4096
+  # Micro-batches per update (gradient accumulation): each device runs
+  # batch_size / (devices * accumulation_steps) examples at a time, and the
+  # update averages their gradients (nfnets.train.step.accumulated).
+  config.training.accumulation_steps = 1
   config.training.num_epochs = config_dict.placeholder(float)
   config.training.num_steps = config_dict.placeholder(int)
   config.training.label_smoothing = 0.1
@@ -224,6 +228,15 @@ def validate_config(config: ml_collections.ConfigDict,
       raise ConfigError(
           f'{name}={batch} does not divide over {num_devices} devices '
           f'({num_processes} processes); use a multiple of {num_devices}.')
+  accumulation = tc.get('accumulation_steps', 1)
+  if accumulation < 1:
+    raise ConfigError(f'training.accumulation_steps must be positive, got '
+                      f'{accumulation}.')
+  if tc.batch_size % (num_devices * accumulation):
+    raise ConfigError(
+        f'training.batch_size={tc.batch_size} does not split into '
+        f'{accumulation} micro-batches on each of {num_devices} devices; use '
+        f'a multiple of {num_devices * accumulation}.')
   try:
     data.check_batch(config.data, tc.batch_size // num_processes)
   except ValueError as e:

@@ -250,20 +250,16 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path,
          schedule: Any, mesh: jax.sharding.Mesh, total_steps: int) -> Metrics:
   """The loop proper, from `state` on; see `train_and_evaluate`."""
   tc = config.training
-  replicated = state_lib.replicated(mesh)
   batch_sharded = state_lib.batch_sharded(mesh)
   checkpoint.write_config(config, workdir)
   manager = checkpoint.checkpoint_manager(
       workdir, max_to_keep=config.checkpoint.max_to_keep)
   step = int(jax.device_get(state.step))
 
-  train_step = jax.jit(
-      step_lib.make_train_step(config, model, optimizer),
-      in_shardings=(replicated, batch_sharded),
-      out_shardings=(replicated, replicated), donate_argnums=0)
-  eval_step = jax.jit(step_lib.make_eval_step(config, model),
-                      in_shardings=(replicated, replicated, batch_sharded),
-                      out_shardings=replicated)
+  train_step = step_lib.compile_train_step(
+      step_lib.make_train_step(config, model, optimizer, mesh), mesh)
+  eval_step = step_lib.compile_eval_step(
+      step_lib.make_eval_step(config, model), mesh)
   writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0,
                                     start_step=step)
   writer.write_hparams(_flatten(checkpoint.config_to_dict(config)))

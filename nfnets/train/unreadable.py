@@ -38,16 +38,21 @@ def reason(error: BaseException) -> str:
 
 
 _READERS = (f'{os.sep}orbax{os.sep}', f'{os.sep}tensorstore{os.sep}')
+_TENSORSTORE_WORDS = ('OCDBT', '"zarr" driver', 'TensorStore')
 
 
-def _is_abandoned_read(error: Optional[BaseException], where: Any) -> bool:
+def _is_abandoned_read(error: Optional[BaseException], where: Any,
+                       by_message: bool = False) -> bool:
   if isinstance(error, RuntimeError) and str(error) == 'Event loop is closed':
     return True
   code = getattr(where, 'cr_code', None)
   if code is not None and any(r in code.co_filename for r in _READERS):
     return True
   # A read that failed in a task nobody awaits any more: its traceback goes
-  # through orbax's or TensorStore's code.
+  # through orbax's or TensorStore's code, or (asyncio's report of a task)
+  # only through asyncio's, in TensorStore's words.
+  if by_message and any(word in str(error) for word in _TENSORSTORE_WORDS):
+    return True
   trace = getattr(error, '__traceback__', None)
   while trace is not None:
     if any(r in trace.tb_frame.f_code.co_filename for r in _READERS):
@@ -62,7 +67,7 @@ class _QuietAsyncio(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
     error = record.exc_info[1] if record.exc_info else None
     return not ('never retrieved' in str(record.msg) and
-                _is_abandoned_read(error, None))
+                _is_abandoned_read(error, None, by_message=True))
 
 
 def quiet_abandoned_reads() -> None:
@@ -85,7 +90,8 @@ def quiet_abandoned_reads() -> None:
   excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
 
   def quiet_excepthook(kind, error, trace):
-    if not _is_abandoned_read(error, None):
+    # Narrowly: any other exception here may be a bug, and must show.
+    if not (kind is RuntimeError and str(error) == 'Event loop is closed'):
       excepthook(kind, error, trace)
 
   def quiet_unraisablehook(unraisable):
