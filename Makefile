@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 # 'madvise' (README: "Host memory"). Older glibc ignores it.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
-.PHONY: test demo install clean
+.PHONY: test test-fast demo install clean
 
 $(STAMP): setup.py requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests
+
+# The everyday loop: everything not marked slow (CI runs `make test`).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n 2 -m "not slow" tests
 
 demo: $(STAMP)
 	$(PY) -m nfnets.experiment --workdir=runs/digits

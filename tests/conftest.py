@@ -35,6 +35,10 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 _NO_LLVM_OPT = '--xla_backend_optimization_level=0'
 # How long a worker waits for another one to build a shared fixture.
 _SHARED_TIMEOUT_S = subprocesses.TIMEOUT_S
+# An unmarked test runs in the everyday loop (`make test-fast`): one that
+# takes longer than this on an idle machine must be marked `slow`. The limit
+# grows with the load average per core, so a busy machine fails no test.
+_UNMARKED_LIMIT_S = float(os.environ.get('NFNETS_UNMARKED_LIMIT_S', '20'))
 # The shared run: the default config (NFNet-F0 on digits) with these
 # command-line overrides: 1/16 width, 16 px, 2 steps.
 DIGITS_RUN_FLAGS = (
@@ -47,6 +51,25 @@ DIGITS_RUN_FLAGS = (
 if '--xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = ' '.join(
       filter(None, [os.environ.get('XLA_FLAGS'), _NO_LLVM_OPT]))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+  """Fails an unmarked test that took too long, with the hint to mark it."""
+  outcome = yield
+  report = outcome.get_result()
+  if (call.when != 'call' or not report.passed or
+      item.get_closest_marker('slow') is not None):
+    return
+  load = os.getloadavg()[0] / (os.cpu_count() or 1)
+  limit = _UNMARKED_LIMIT_S * max(1.0, load)
+  if call.duration > limit:
+    report.outcome = 'failed'
+    report.longrepr = (
+        f'{item.nodeid} took {call.duration:.0f} s, over the {limit:.0f} s '
+        'an unmarked test may take ($NFNETS_UNMARKED_LIMIT_S, scaled by the '
+        'load average per core): mark it @pytest.mark.slow, or make it '
+        'smaller.')
 
 
 def session_root(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:

@@ -10,6 +10,7 @@ from benchmarks import batch_size_study as study
 from nfnets.models import registry
 
 
+@pytest.mark.slow
 def test_small_study_writes_the_table_and_figure(tmp_path):
   results, figure = tmp_path / 'study.json', tmp_path / 'study.png'
   record = study.run(study.parse_args(

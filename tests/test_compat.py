@@ -11,6 +11,7 @@ import shutil
 
 import jax
 import numpy as np
+import pytest
 
 from nfnets import evaluate
 from nfnets import pretrained
@@ -52,6 +53,7 @@ def test_legacy_checkpoint_evaluates_and_matches_its_released_format_export():
     np.testing.assert_array_equal(value, from_orbax[key], err_msg=key)
 
 
+@pytest.mark.slow
 def test_legacy_run_resumes_with_the_current_runner(tmp_path):
   workdir = shutil.copytree(LEGACY_RUN, tmp_path / 'run')
   config = checkpoint.load_config(workdir)

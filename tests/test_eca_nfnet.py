@@ -169,6 +169,7 @@ def test_both_zero_init_options_start_branches_at_zero_and_open_alike():
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_one_train_step_of_a_tiny_l0_with_the_runners_step():
   config = eca_nfnet_config.get_config('l0,runlocal')
   config.model.kwargs.depth = (1, 1)

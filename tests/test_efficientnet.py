@@ -179,6 +179,7 @@ def test_nf_variant_folds_weight_standardization_for_inference():
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_signal_propagation_bn_grows_by_one_nf_by_alpha_squared():
   noise = jax.random.normal(jax.random.PRNGKey(0), (16, 32, 32, 3))
   shallow = dict(width=0.25, depth=(1, 3, 4), widths=(16, 24, 40))

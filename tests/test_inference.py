@@ -4,6 +4,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from nfnets import configs
 from nfnets import evaluate
@@ -33,6 +34,7 @@ def _has_rsqrt(fn, *args):
   return 'rsqrt' in str(jax.make_jaxpr(fn)(*args))
 
 
+@pytest.mark.slow
 def test_logits_use_folded_weights_and_match_the_trained_model():
   ckpt, images = _loaded('nfnet_f0', drop_rate=0.0)
   apply, params = ckpt.inference

@@ -76,6 +76,7 @@ class _Lines(logging.Handler):
     self.lines.append(record.getMessage())
 
 
+@pytest.mark.slow
 def test_run_logs_startup_metrics_and_writes_a_profile(tmp_path):
   config = tiny_config(num_steps=4)
   config.training.log_every = 1

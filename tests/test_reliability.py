@@ -154,6 +154,7 @@ def _garble_config(step_dir: pathlib.Path) -> None:
   (step_dir / 'config' / 'metadata').write_text('{"model": ')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('corrupt', [_truncate_data, _drop_metadata,
                                      _garble_config],
                          ids=lambda f: f.__name__.strip('_'))

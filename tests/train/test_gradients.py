@@ -81,6 +81,7 @@ def _one_step(config, batch):
   return step(state, batch)
 
 
+@pytest.mark.slow
 def test_the_runner_step_with_accumulation_matches_the_large_batch():
   # An NF model without dropout or stochastic depth: nothing random, no
   # batch statistics, so the two steps differ only by float rounding.
