@@ -132,7 +132,7 @@ def check_args(args: types.SimpleNamespace) -> types.SimpleNamespace:
     for name in ('results', 'figure'):
       path = getattr(args, name, None)
       if path:
-        errors.make_parent(path, f'--{name} {path}')
+        errors.check_writable(path, f'--{name} {path}')
   return args
 
 

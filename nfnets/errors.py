@@ -37,30 +37,40 @@ def path_error(what: str, error: OSError) -> PathError:
                    'directory you can write to.')
 
 
+def check_writable(path: 'os.PathLike | str', what: str) -> pathlib.Path:
+  """Raises `PathError` unless the file `path` could be created, creating
+  nothing: its nearest existing ancestor must be a directory that takes a
+  new file (a probe file, removed at once), and `path` not a directory.
+  """
+  path = pathlib.Path(path).absolute()
+  try:
+    if path.is_dir():
+      raise IsADirectoryError(errno.EISDIR, 'Is a directory', str(path))
+    ancestor = next(p for p in path.parents if p.exists())
+    if not ancestor.is_dir():
+      raise NotADirectoryError(errno.ENOTDIR, 'Not a directory', str(ancestor))
+    # A probe rather than os.access: it sees read-only mounts and full
+    # disks as the write itself would, with the system's own reason.
+    try:
+      with tempfile.TemporaryFile(dir=ancestor):
+        pass
+    except OSError as e:
+      raise type(e)(e.errno, e.strerror, str(ancestor)) from e
+  except OSError as e:
+    raise path_error(what, e) from e
+  return path
+
+
 def make_parent(path: 'os.PathLike | str', what: str) -> pathlib.Path:
   """Creates the directory that will hold `path` (a file to write).
 
   Raises:
     PathError: it cannot be created, or is not writable.
   """
+  check_writable(path, what)
   path = pathlib.Path(path)
   try:
-    for ancestor in path.absolute().parents:
-      if ancestor.exists():
-        if not ancestor.is_dir():
-          raise NotADirectoryError(errno.ENOTDIR, 'Not a directory',
-                                   str(ancestor))
-        break
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_dir():
-      raise IsADirectoryError(errno.EISDIR, 'Is a directory', str(path))
-    # A probe rather than os.access: it sees read-only mounts and full
-    # disks as the write itself would, with the system's own reason.
-    try:
-      with tempfile.TemporaryFile(dir=path.parent):
-        pass
-    except OSError as e:
-      raise type(e)(e.errno, e.strerror, str(path.parent)) from e
   except OSError as e:
     raise path_error(what, e) from e
   return path

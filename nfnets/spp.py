@@ -298,7 +298,7 @@ def run(models: Sequence[str], depth: int, out: str, *, width: float = 0.25,
   """
   check_inputs(models, depth, width=width, image_size=image_size,
                batch_size=batch_size)
-  errors.make_parent(out, f'the plot {out}')
+  errors.check_writable(out, f'the plot {out}')
   images = jax.random.normal(jax.random.PRNGKey(seed),
                              (batch_size, image_size, image_size, 3))
   results = {}
@@ -306,6 +306,7 @@ def run(models: Sequence[str], depth: int, out: str, *, width: float = 0.25,
     name, kw = resolve(model, depth)
     results[model] = signal_propagation(name, images, rng=seed, width=width,
                                         **kw, **overrides)
+  errors.make_parent(out, f'the plot {out}')
   write_csv(os.path.splitext(out)[0] + '.csv', results)
   # `depth` applies only to the short names; registered names fix their own.
   shown = f'Depth {depth}, ' if set(models) & set(SHORT_NAMES) else ''

@@ -67,7 +67,7 @@ def main(argv: Sequence[str], defined: dict[str, Any]) -> evaluate.EvalResult:
           f'{path} is inside the work directory {workdir}, which evaluation '
           'never writes to; pass another --confusion_png.')
     # Before the evaluation, which can take long: where it goes must work.
-    errors.make_parent(path, f'the confusion matrix {path}')
+    errors.check_writable(path, f'the confusion matrix {path}')
   result = evaluate.evaluate(ckpt, batch_size=value['batch_size'],
                              split=value['split'],
                              progress=not value['no_progress'])
