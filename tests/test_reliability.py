@@ -29,7 +29,7 @@ from nfnets.train import lock as lock_lib
 from nfnets.train import metrics as metrics_lib
 from tests.conftest import DIGITS_RUN_FLAGS
 from tests.conftest import digits_run_config
-from tests.test_compat import LEGACY_RUN
+from tests.train.test_compat import LEGACY_RUN
 from tests import subprocesses
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -368,6 +368,9 @@ _MISTAKES = [
     ('nfnets.experiment', ('--workdir={tmp}/run', *TINY,
                            '--config.training.seed=-1'),
      'training.seed must be >= 0'),
+    # Evaluation refused after its output path was checked: nothing made.
+    ('nfnets.evaluate', ('--workdir={legacy}', '--batch_size=-1',
+                         '--no_progress'), 'batch_size must be positive'),
     # Checkpoints that cannot be read.
     ('nfnets.evaluate', ('--workdir={truncated}', '--no_progress'),
      'corrupt or incomplete'),

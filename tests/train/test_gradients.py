@@ -15,7 +15,7 @@ from nfnets import data
 from nfnets.train import config as train_config
 from nfnets.train import state as train_state
 from nfnets.train import step as step_lib
-from tests.test_experiment import tiny_config
+from tests.train.test_experiment import tiny_config
 
 
 def test_micro_batch_j_is_every_kth_example():

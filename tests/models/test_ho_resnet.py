@@ -16,9 +16,9 @@ from nfnets.layers import high_order
 from nfnets.models import ho_resnet
 from nfnets.train import config as train_config
 from nfnets.train import optimizer as train_optimizer
-from tests.test_experiment import one_runner_step
+from tests.train.test_experiment import one_runner_step
 
-EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / 'experiments'
+EXPERIMENTS = pathlib.Path(__file__).resolve().parents[2] / 'experiments'
 WIDTHS = (16, 32, 64)
 
 

@@ -16,7 +16,7 @@ from benchmarks import train_step
 from benchmarks import vs_pytorch
 from tests import subprocesses
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize('script, dashed, underscored', [

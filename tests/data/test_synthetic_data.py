@@ -8,7 +8,7 @@ from nfnets import data
 from nfnets import train
 from nfnets.cli import config_flag
 from nfnets.train import config as train_config
-from tests import test_experiment
+from tests.train import test_experiment
 
 
 def _take(iterator, n):

@@ -15,7 +15,7 @@ from nfnets.configs import attention as attention_config
 from nfnets.models import attention
 from nfnets.train import config as train_config
 from nfnets.train import state as train_state
-from tests.test_experiment import one_runner_step
+from tests.train.test_experiment import one_runner_step
 
 # Parameters of the released Caffe definitions (Attention-56-deploy.prototxt
 # and Attention-92-deploy.prototxt): conv weights (no biases), BN scale and

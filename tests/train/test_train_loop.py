@@ -4,7 +4,7 @@ import numpy as np
 
 from nfnets.train import loop
 from nfnets.train import step as train_step
-from tests.test_experiment import tiny_config
+from tests.train.test_experiment import tiny_config
 
 
 def _implicit_transfer(*args, **kwargs):

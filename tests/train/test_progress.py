@@ -8,7 +8,7 @@ import pytest
 from nfnets.train import loop
 from nfnets.train import metrics as metrics_lib
 from nfnets.train import progress as progress_lib
-from tests.test_experiment import tiny_config
+from tests.train.test_experiment import tiny_config
 
 
 class FakeClock:

@@ -19,9 +19,9 @@ from nfnets.configs import shufflenet as shufflenet_config
 from nfnets.models import shufflenet
 from nfnets.train import config as train_config
 from nfnets.train import state as train_state
-from tests.test_experiment import one_runner_step
+from tests.train.test_experiment import one_runner_step
 
-EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / 'experiments'
+EXPERIMENTS = pathlib.Path(__file__).resolve().parents[2] / 'experiments'
 V1 = ['shufflenet_v1_g1', 'shufflenet_v1_g2', 'shufflenet_v1_g3',
       'shufflenet_v1_g4', 'shufflenet_v1_g8']
 V2 = ['shufflenet_v2_x0_5', 'shufflenet_v2_x1_0', 'shufflenet_v2_x1_5',

@@ -16,7 +16,7 @@ from nfnets.cli import config_flag
 from nfnets.train import config as train_config
 from nfnets.train import optimizer as train_optimizer
 
-EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / 'experiments'
+EXPERIMENTS = pathlib.Path(__file__).resolve().parents[2] / 'experiments'
 
 # [NFNet] Table 1 / appendix, typed in from the paper:
 # (train px, test px, RandAugment magnitude, dropout).

@@ -16,7 +16,7 @@ from nfnets import spp
 from nfnets import train
 from nfnets.configs import efficientnet as efficientnet_config
 from nfnets.train import config as train_config
-from tests.test_experiment import one_runner_step
+from tests.train.test_experiment import one_runner_step
 
 VARIANTS = [f'efficientnet_b{i}' for i in range(8)]
 # Exact counts of the TF reference (equal in timm and torchvision).
@@ -27,7 +27,7 @@ STEM_HEAD_BLOCKS = [(32, 1280, 16), (32, 1280, 23), (32, 1408, 23),
                     (40, 1536, 26), (48, 1792, 32), (48, 2048, 39),
                     (56, 2304, 45), (64, 2560, 55)]
 FINAL_FEATURE_MAP = [7, 8, 9, 10, 12, 15, 17, 19]
-EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / 'experiments'
+EXPERIMENTS = pathlib.Path(__file__).resolve().parents[2] / 'experiments'
 
 
 @pytest.mark.parametrize('name, published',

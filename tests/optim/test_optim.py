@@ -19,7 +19,7 @@ from nfnets import optim
 from nfnets.train import optimizer as train_optimizer
 from tests import subprocesses
 
-_REPO = pathlib.Path(__file__).resolve().parents[1]
+_REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def np_agc(grad, param, clipping, eps):

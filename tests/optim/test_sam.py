@@ -26,10 +26,10 @@ from nfnets.train import optimizer as train_optimizer
 from nfnets.train import state as train_state
 from nfnets.train import step as train_step
 from tests.conftest import parse_config_flags
-from tests.test_experiment import tiny_config
+from tests.train.test_experiment import tiny_config
 from tests import subprocesses
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 NUM_CLASSES = 10
 LABEL_SMOOTHING = 0.1
 LR = 0.5
@@ -209,7 +209,7 @@ import sys
 import jax
 import numpy as np
 from nfnets.train import state as train_state
-from tests import test_sam
+from tests.optim import test_sam
 assert jax.device_count() == 2, jax.devices()
 mesh = train_state.make_mesh()
 batch = test_sam.sample_batch()

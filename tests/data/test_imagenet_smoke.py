@@ -28,7 +28,7 @@ from nfnets.train import checkpoint
 from nfnets.train import config as train_config
 from tests import subprocesses
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 # tfds gives the k-th validation file (sorted by name) the synset on line k
 # of validation_labels.txt, so N validation files carry that file's first N
 # synsets; the classes here are those (6 distinct ones), one image each.

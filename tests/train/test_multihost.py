@@ -26,7 +26,7 @@ from nfnets.train import config as train_config
 from nfnets.train import metrics
 from tests import subprocesses
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 # NFNet-F0 with two stages at 1/16 width on 16 px digits, global batch 8,
 # shifts, MixUp and CutMix on (RandAugment's host invariance is checked on
 # the pipeline above; tracing it costs each process seconds). The learning

@@ -64,7 +64,7 @@ def test_reexec_keeps_arguments_and_adds_the_tunable(opt_out):
   out = subprocesses.run(
       [sys.executable, '-c', _CHILD, 'a b', '--flag=1'], env=env,
       capture_output=True, text=True, check=True,
-      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout
+      cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))).stdout
   lines = out.splitlines()
   assert lines.count('started') == (2 if applies else 1)
   expected = ('glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1' if applies

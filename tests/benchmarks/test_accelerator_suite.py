@@ -12,7 +12,7 @@ from benchmarks import _common
 from benchmarks import accelerator_suite as suite
 from tests import subprocesses
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 TERA = 1e12
 
 

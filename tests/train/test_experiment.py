@@ -30,7 +30,7 @@ from nfnets.train import state as train_state
 from nfnets.train import step as train_step
 from tests import subprocesses
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _shallow_f0(config: ml_collections.ConfigDict) -> None:

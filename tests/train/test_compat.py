@@ -18,7 +18,7 @@ from nfnets import pretrained
 from nfnets import train
 from nfnets.train import checkpoint
 
-FIXTURES = pathlib.Path(__file__).resolve().parent / 'fixtures'
+FIXTURES = pathlib.Path(__file__).resolve().parents[1] / 'fixtures'
 LEGACY_RUN = FIXTURES / 'legacy_run'
 LEGACY_WEIGHTS = FIXTURES / 'legacy_tiny_f0_haiku.npz'
 

@@ -14,7 +14,7 @@ import nfnets.models as models
 from nfnets import layers
 from nfnets.configs import eca_nfnet as eca_nfnet_config
 from nfnets.train import config as train_config
-from tests.test_experiment import one_runner_step
+from tests.train.test_experiment import one_runner_step
 
 # timm: sum(p.numel() for p in timm.create_model('eca_nfnet_lN').parameters()),
 # as its model cards and results tables list them.
